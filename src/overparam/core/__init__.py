@@ -1,0 +1,27 @@
+"""The pure mathematics every other part of overparam calls."""
+
+from overparam.core.factorization import balanced_factors, imbalance, numerical_rank, product
+from overparam.core.losses import lp_gradient, lp_loss, lp_loss_of_matrix, lp_residual_gradient
+from overparam.core.precondition import (
+    metric,
+    precondition,
+    precondition_coefficients,
+    precondition_inverse,
+    single_output_precondition,
+)
+
+__all__ = [
+    "balanced_factors",
+    "imbalance",
+    "lp_gradient",
+    "lp_loss",
+    "lp_loss_of_matrix",
+    "lp_residual_gradient",
+    "metric",
+    "numerical_rank",
+    "precondition",
+    "precondition_coefficients",
+    "precondition_inverse",
+    "product",
+    "single_output_precondition",
+]

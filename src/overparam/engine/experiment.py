@@ -1,0 +1,90 @@
+"""What an experiment is: a declared config, the claims it measures, and three pure functions.
+
+An experiment never writes files itself.  ``run(config, ctx)`` returns metrics (JSON-able: numbers,
+strings, lists, dicts; tensors and arrays are converted), ``judge(config, metrics)`` turns stored
+metrics into verdicts on the claims, and ``plot(config, metrics)`` draws figures from stored metrics.
+The engine caches, writes and reports; see :mod:`overparam.engine.runner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+Config = dict[str, Any]
+Metrics = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the source: its catalogue id (``"A8"``), statement, and the source's value/words."""
+
+    id: str
+    statement: str
+    source: Any
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What we measured for one claim and whether it reproduces the source."""
+
+    id: str
+    measured: Any
+    reproduced: bool
+    note: str = ""
+
+
+class RunContext(Protocol):
+    """Services the engine gives to ``Experiment.run``."""
+
+    def progress(self, items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
+        """Iterate with a progress bar (ETA) on long loops."""
+        ...
+
+    def cached(self, key: str, config: Mapping[str, Any], compute: Callable[[], Metrics]) -> Metrics:
+        """Return ``compute()`` stored under (key, config); a rerun or resumed run reuses it."""
+        ...
+
+    def log(self, message: str) -> None:
+        """Print one line of progress information."""
+        ...
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One registered experiment.
+
+    Attributes:
+        name: the registry name (``"lp-depth"``).
+        title: one line: what it reproduces (paper, figure).
+        claims: the claims it measures.
+        presets: at least ``"quick"`` (under a minute on 2 cores) and ``"full"`` (source's scale).
+        run: ``(config, ctx) -> metrics``.
+        judge: ``(config, metrics) -> [Verdict, ...]``, one per claim id it can judge.
+        plot: ``(config, metrics) -> {name: matplotlib Figure}``, or None.
+        doc: the figure reproduced, expected result, runtime and the exact command.
+        version: bump to invalidate cached results after a change of ``run``.
+    """
+
+    name: str
+    title: str
+    claims: tuple[Claim, ...]
+    presets: Mapping[str, Config]
+    run: Callable[[Config, RunContext], Metrics]
+    judge: Callable[[Config, Metrics], list[Verdict]]
+    plot: Callable[[Config, Metrics], Mapping[str, Any]] | None = None
+    doc: str = ""
+    version: int = 1
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for preset in ("quick", "full"):
+            if preset not in self.presets:
+                raise ValueError(
+                    f"experiment {self.name!r} must declare a {preset!r} preset, "
+                    f"got {sorted(self.presets)}"
+                )
+        if not self.claims:
+            raise ValueError(f"experiment {self.name!r} must declare at least one claim")

@@ -1,0 +1,15 @@
+"""Log-spaced recording steps, so that 1e6-iteration runs store a few hundred points."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_steps(total: int, points: int = 200) -> list[int]:
+    """Sorted unique steps in ``[0, total]``: 0, ``total`` and about ``points`` log-spaced ones."""
+    if total < 0 or points < 2:
+        raise ValueError(f"`total` must be >= 0 and `points` >= 2, got {total}, {points}")
+    if total == 0:
+        return [0]
+    grid = np.unique(np.round(np.logspace(0, np.log10(total), points)).astype(np.int64))
+    return sorted({0, total, *(int(s) for s in grid if s <= total)})

@@ -1,0 +1,1 @@
+"""Registered experiments, one module per family; each module calls ``engine.register``."""
