@@ -88,7 +88,9 @@ def balanced_factors(
     for j in range(1, N - 1):
         eye = torch.eye(k, hidden[j - 1], dtype=W.dtype, device=W.device)
         factors.append(embed(hidden[j]) @ eye)
-    factors.append((U * root.unsqueeze(-2)) @ torch.eye(k, hidden[-1], dtype=W.dtype, device=W.device))
+    factors.append(
+        (U * root.unsqueeze(-2)) @ torch.eye(k, hidden[-1], dtype=W.dtype, device=W.device)
+    )
     return factors
 
 

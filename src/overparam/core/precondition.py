@@ -66,6 +66,8 @@ def _apply(W: Tensor, G: Tensor, depth: float, inverse: bool) -> Tensor:
     U, s, Vh = torch.linalg.svd(W, full_matrices=False)
     if inverse:
         _check_full_rank(s, m, n, W.dtype)
+    else:
+        s = _drop_rounding(s, m, n, W.dtype)
     a = precondition_coefficients(s.unsqueeze(-1), s.unsqueeze(-2), depth)
     c = s.pow(2.0 * (depth - 1.0) / depth)  # coefficient between a zero and a nonzero direction
     if inverse:
@@ -84,6 +86,13 @@ def _apply(W: Tensor, G: Tensor, depth: float, inverse: bool) -> Tensor:
     return U @ out
 
 
+def _drop_rounding(s: Tensor, m: int, n: int, dtype: torch.dtype) -> Tensor:
+    """Zero the singular values below ``max(m, n) * eps * s_max``: they are rounding noise of an
+    exact zero, and ``s^(2/N)`` would turn that noise into an O(eps^(1/N)) error."""
+    tol = max(m, n) * torch.finfo(dtype).eps * s[..., :1]
+    return torch.where(s > tol, s, torch.zeros_like(s))
+
+
 def _check_full_rank(s: Tensor, m: int, n: int, dtype: torch.dtype) -> None:
     tol = max(m, n) * torch.finfo(dtype).eps
     top = s[..., :1].clamp_min(torch.finfo(dtype).tiny)
@@ -100,6 +109,7 @@ def precondition(W: Tensor, G: Tensor, depth: float) -> Tensor:
     """End-to-end preconditioner ``A_{N,W}(G) = sum_j (W W^T)^((N-j)/N) G (W^T W)^((j-1)/N)``.
 
     Exact for any shape and rank (``0^0 = 1`` on null spaces), batched over leading dimensions.
+    Singular values below ``max(m, n) * eps * s_max`` are taken as exact zeros (rounding noise).
     Gradient descent on the factors of a balanced depth-``N`` linear network moves the end-to-end
     matrix by ``-eta * precondition(W, grad, N)`` to first order in ``eta``.
 

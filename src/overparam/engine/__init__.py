@@ -2,6 +2,7 @@
 
 from overparam.engine.experiment import Claim, Config, Experiment, Metrics, RunContext, Verdict
 from overparam.engine.registry import experiments, get, register
+from overparam.engine.runner import run_experiment
 from overparam.engine.steps import log_steps
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "get",
     "log_steps",
     "register",
+    "run_experiment",
 ]

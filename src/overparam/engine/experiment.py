@@ -43,7 +43,9 @@ class RunContext(Protocol):
         """Iterate with a progress bar (ETA) on long loops."""
         ...
 
-    def cached(self, key: str, config: Mapping[str, Any], compute: Callable[[], Metrics]) -> Metrics:
+    def cached(
+        self, key: str, config: Mapping[str, Any], compute: Callable[[], Metrics]
+    ) -> Metrics:
         """Return ``compute()`` stored under (key, config); a rerun or resumed run reuses it."""
         ...
 

@@ -1,0 +1,1 @@
+"""Dataset loaders reading an explicit path or ``$OVERPARAM_DATA``."""

@@ -1,0 +1,142 @@
+"""The engine: registry, config resolution, the store's cache, files written, the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from overparam.cli import main
+from overparam.engine import Claim, Experiment, Verdict, log_steps, register, run_experiment
+from overparam.engine.runner import parse_overrides
+from overparam.engine.store import Store, config_hash, to_jsonable
+
+CALLS = {"run": 0, "sub": 0}
+
+
+def _run(config, ctx):
+    CALLS["run"] += 1
+    total = 0.0
+    for k in ctx.progress(range(config["n"]), total=config["n"], desc="sum"):
+        total += k
+
+    def sub():
+        CALLS["sub"] += 1
+        return {"square": torch.tensor(config["n"] ** 2.0)}
+
+    part = ctx.cached("square", {"n": config["n"]}, sub)
+    return {
+        "total": total,
+        "square": part["square"],
+        "curve": torch.arange(3.0),
+        "bad": float("nan"),
+    }
+
+
+def _judge(config, metrics):
+    expected = config["n"] * (config["n"] - 1) / 2
+    return [Verdict("T1", metrics["total"], metrics["total"] == expected, "sum of range")]
+
+
+def _plot(config, metrics):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().plot(metrics["curve"])
+    return {"curve": fig}
+
+
+TOY = register(
+    Experiment(
+        name="engine-toy",
+        title="sum of a range",
+        claims=(
+            Claim("T1", "the sum of 0..n-1 is n(n-1)/2", "n(n-1)/2"),
+            Claim("T2", "unjudged", 0),
+        ),
+        presets={"quick": {"n": 10}, "full": {"n": 100}},
+        run=_run,
+        judge=_judge,
+        plot=_plot,
+    )
+)
+
+
+def test_run_writes_files_and_caches(tmp_path):
+    CALLS.update(run=0, sub=0)
+    summary = run_experiment("engine-toy", "quick", out=tmp_path, quiet=True)
+    assert summary["claims"][0] == {
+        "id": "T1",
+        "statement": "the sum of 0..n-1 is n(n-1)/2",
+        "source": "n(n-1)/2",
+        "measured": 45.0,
+        "reproduced": True,
+        "note": "sum of range",
+    }
+    assert summary["claims"][1]["reproduced"] is False  # a claim without verdict is not reproduced
+    assert not summary["cached"] and CALLS == {"run": 1, "sub": 1}
+    directory = tmp_path / "engine-toy"
+    for name in ("config.json", "metrics.json", "summary.json", "curve.png", "curve.pdf"):
+        assert (directory / name).is_file()
+    stored = json.loads((directory / "summary.json").read_text())
+    assert stored["experiment"] == "engine-toy" and stored["preset"] == "quick"
+    assert json.loads((directory / "metrics.json").read_text())["bad"] is None
+
+    again = run_experiment("engine-toy", "quick", out=tmp_path, quiet=True)
+    assert again["cached"] and CALLS == {"run": 1, "sub": 1}
+    run_experiment("engine-toy", "quick", out=tmp_path, quiet=True, force=True)
+    assert CALLS == {"run": 2, "sub": 2}
+    run_experiment("engine-toy", "quick", {"n": 11}, out=tmp_path, quiet=True)
+    assert CALLS == {"run": 3, "sub": 3}
+
+
+def test_interrupted_run_keeps_finished_sub_results(tmp_path):
+    CALLS.update(run=0, sub=0)
+    store = Store(tmp_path / "store.sqlite")
+    store.put("engine-toy/square", {"n": 12}, {"square": 144.0}, 0.0)
+    run_experiment("engine-toy", "quick", {"n": 12}, out=tmp_path, quiet=True)
+    assert CALLS == {"run": 1, "sub": 0}
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'm' for engine-toy; known: n"):
+        run_experiment("engine-toy", "quick", {"m": 1}, out=tmp_path)
+    with pytest.raises(ValueError, match="`preset` must be one of"):
+        run_experiment("engine-toy", "medium", out=tmp_path)
+    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+        run_experiment("nope", out=tmp_path)
+    with pytest.raises(ValueError, match="must declare a 'full' preset"):
+        Experiment("x", "t", (Claim("a", "b", 1),), {"quick": {}}, _run, _judge)
+
+
+def test_parse_overrides_and_json():
+    assert parse_overrides(["a=1", "b=[1, 2]", "c=hello", "d=true", "e=1e-3"]) == {
+        "a": 1,
+        "b": [1, 2],
+        "c": "hello",
+        "d": True,
+        "e": 1e-3,
+    }
+    with pytest.raises(ValueError, match="`--set` expects key=value"):
+        parse_overrides(["novalue"])
+    assert to_jsonable({"t": torch.tensor([1.0, float("inf")]), 2: (1, "x")}) == {
+        "t": [1.0, None],
+        "2": [1, "x"],
+    }
+    assert config_hash("k", {"a": 1, "b": 2}) == config_hash("k", {"b": 2, "a": 1})
+    assert config_hash("k", {"a": 1}) != config_hash("k", {"a": 2})
+
+
+def test_log_steps():
+    steps = log_steps(10**6, 100)
+    assert steps[0] == 0 and steps[-1] == 10**6 and steps == sorted(set(steps))
+    assert 60 < len(steps) <= 102
+    assert log_steps(0) == [0]
+
+
+def test_cli_run_and_reproduce(tmp_path, capsys):
+    assert main(["run", "engine-toy", "--out", str(tmp_path), "--set", "n=5", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "T1" in out and " 10 " in out and "1 of 2 claims reproduced" in out
+    code = main(["reproduce", "--only", "engine-toy", "--out", str(tmp_path), "--no-plots"])
+    assert code == 0 and (tmp_path / "claims.md").is_file()
+    assert main(["run", "engine-toy", "--out", str(tmp_path), "--set", "zz=1"]) == 2
