@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from overparam import metric, precondition, precondition_inverse, single_output_precondition
-from overparam.core.precondition import precondition_coefficients
+from overparam.core.precondition import geometric_closed_form, precondition_coefficients
 
 F64 = torch.float64
 
@@ -62,7 +62,7 @@ def test_zero_matrix_depth_two_is_zero_and_depth_one_identity(gen):
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 5, 8])
-def test_coefficients_match_explicit_sum_including_near_equal(depth):
+def test_closed_form_matches_explicit_sum_including_near_equal(depth):
     # The explicit integer sum has only positive terms, hence no cancellation: a reference
     # accurate to a few ulps, also for equal and nearly equal singular values.
     base = torch.tensor([1.0, 1.0 + 1e-15, 1.0 + 1e-12, 1.0 + 1e-8, 0.7, 3.0, 1e-3, 0.0], dtype=F64)
@@ -70,8 +70,10 @@ def test_coefficients_match_explicit_sum_including_near_equal(depth):
     explicit = sum(
         x ** (2 * (depth - j) / depth) * y ** (2 * (j - 1) / depth) for j in range(1, depth + 1)
     )
-    got = precondition_coefficients(x, y, depth)
-    torch.testing.assert_close(got, explicit, rtol=4e-15 * depth, atol=0.0)
+    torch.testing.assert_close(
+        geometric_closed_form(x, y, depth), explicit, rtol=4e-15 * depth, atol=0
+    )
+    torch.testing.assert_close(precondition_coefficients(x, y, depth), explicit, rtol=4e-15, atol=0)
 
 
 def test_near_equal_singular_values_keep_precision(gen):

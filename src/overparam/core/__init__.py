@@ -3,6 +3,7 @@
 from overparam.core.factorization import balanced_factors, imbalance, numerical_rank, product
 from overparam.core.losses import lp_gradient, lp_loss, lp_loss_of_matrix, lp_residual_gradient
 from overparam.core.precondition import (
+    geometric_closed_form,
     metric,
     precondition,
     precondition_coefficients,
@@ -12,6 +13,7 @@ from overparam.core.precondition import (
 
 __all__ = [
     "balanced_factors",
+    "geometric_closed_form",
     "imbalance",
     "lp_gradient",
     "lp_loss",

@@ -25,10 +25,9 @@ from overparam import _validate
 def precondition_coefficients(s_row: Tensor, s_col: Tensor, depth: float) -> Tensor:
     """Return ``a(s_row, s_col) = sum_{j=1..N} s_row^(2(N-j)/N) s_col^(2(j-1)/N)`` elementwise.
 
-    Evaluated without cancellation as ``hi^(2(N-1)/N) * expm1(N u) / expm1(u)`` with
-    ``hi = max(s_row, s_col)`` and ``u = (2/N) log1p((lo - hi) / hi) <= 0``, so singular values
-    that are equal or nearly equal keep full relative precision.  ``0^0 = 1``: for ``N = 1`` every
-    coefficient is 1, and for ``N > 1`` the coefficient of two zero singular values is 0.
+    Integer depth: the sum itself (positive terms, so no cancellation).  Real depth (or N > 64):
+    :func:`geometric_closed_form`, accurate for equal and nearly equal values.
+    ``0^0 = 1``: for ``N = 1`` every coefficient is 1; for ``N > 1`` two zeros give 0.
 
     Args:
         s_row: non-negative singular values (broadcastable with ``s_col``).
@@ -37,6 +36,19 @@ def precondition_coefficients(s_row: Tensor, s_col: Tensor, depth: float) -> Ten
 
     Returns:
         The broadcast tensor of coefficients.
+    """
+    n = float(depth)
+    if n == int(n) and n <= 64:
+        x, y = s_row.pow(2.0 / n), s_col.pow(2.0 / n)
+        return sum((x.pow(n - j) * y.pow(j - 1.0) for j in range(1, int(n) + 1)), torch.zeros(()))
+    return geometric_closed_form(s_row, s_col, n)
+
+
+def geometric_closed_form(s_row: Tensor, s_col: Tensor, depth: float) -> Tensor:
+    """``(s_row^2 - s_col^2) / (s_row^(2/N) - s_col^(2/N))`` without cancellation, any real N >= 1.
+
+    Evaluated as ``hi^(2(N-1)/N) * expm1(N u) / expm1(u)`` with ``hi = max``, ``lo = min`` and
+    ``u = (2/N) log1p((lo - hi) / hi) <= 0``; the limit ``N hi^(2(N-1)/N)`` at equality.
     """
     n = float(depth)
     hi = torch.maximum(s_row, s_col)
@@ -51,6 +63,20 @@ def precondition_coefficients(s_row: Tensor, s_col: Tensor, depth: float) -> Ten
     ratio = torch.where(equal, torch.full_like(ratio, n), ratio)
     ratio = torch.where(positive, ratio, torch.ones_like(ratio))
     return lead * ratio
+
+
+def _singular_coefficients(s: Tensor, depth: float) -> Tensor:
+    """The ``(r, r)`` coefficient matrix for singular values ``s`` (shape ``(..., r)``).
+
+    For integer depth it is ``P Q^T`` with ``P[:, j] = x^(N-j)``, ``Q[:, j] = x^(j-1)`` and
+    ``x = s^(2/N)``: a matrix product of inner size ``N``, with no transcendental per entry.
+    """
+    n = float(depth)
+    if n != int(n) or n > 64:
+        return geometric_closed_form(s.unsqueeze(-1), s.unsqueeze(-2), n)
+    x = s.pow(2.0 / n).unsqueeze(-1)
+    j = torch.arange(1, int(n) + 1, dtype=s.dtype, device=s.device)
+    return x.pow(n - j) @ x.pow(j - 1.0).mT
 
 
 def _check_pair(W: Tensor, G: Tensor, name_w: str, name_g: str, depth: float) -> float:
@@ -68,7 +94,7 @@ def _apply(W: Tensor, G: Tensor, depth: float, inverse: bool) -> Tensor:
         _check_full_rank(s, m, n, W.dtype)
     else:
         s = _drop_rounding(s, m, n, W.dtype)
-    a = precondition_coefficients(s.unsqueeze(-1), s.unsqueeze(-2), depth)
+    a = _singular_coefficients(s, depth)
     c = s.pow(2.0 * (depth - 1.0) / depth)  # coefficient between a zero and a nonzero direction
     if inverse:
         a, c = a.reciprocal(), c.reciprocal()
