@@ -88,3 +88,19 @@ def test_errors():
         DeepLinear([2, 1], init="balanced", scale=0.0)
     with pytest.raises(ValueError, match="`x` must have 2 features"):
         DeepLinear([2, 1])(torch.ones(3, 4, dtype=F64))
+
+
+def test_imbalance_change_per_step_has_slope_two(gen):
+    """||D(t+1) - D(t)|| = O(lr^2): the fitted log-log slope over three decades of lr is 2."""
+    net = DeepLinear([3, 4, 2], init="balanced", scale=0.8, generator=gen)
+    X = torch.randn(15, 3, generator=gen, dtype=F64)
+    Y = torch.randn(15, 2, generator=gen, dtype=F64)
+    lp_loss(net(X), Y, 2).backward()
+    W1, W2 = (f.detach() for f in net.factors)
+    G1, G2 = (f.grad for f in net.factors)
+    (D0,) = imbalance([W1, W2])
+    lrs = torch.logspace(-4, -1, 7, dtype=F64)
+    changes = torch.stack([(imbalance([W1 - lr * G1, W2 - lr * G2])[0] - D0).norm() for lr in lrs])
+    x, y = lrs.log(), changes.log()
+    fitted = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    assert abs(float(fitted) - 2.0) < 0.01
