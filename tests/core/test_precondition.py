@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from overparam import metric, precondition, precondition_inverse, single_output_precondition
+from overparam import (
+    balanced_factors,
+    metric,
+    precondition,
+    precondition_inverse,
+    product,
+    single_output_precondition,
+)
 from overparam.core.precondition import geometric_closed_form, precondition_coefficients
 
 F64 = torch.float64
@@ -173,3 +180,17 @@ def test_errors_name_the_argument(gen, call, message):
     W = torch.randn(3, 3, generator=gen, dtype=F64)
     with pytest.raises(ValueError, match=message):
         call(W)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(gen):
+    W = torch.randn(4, 64, 48, generator=gen, dtype=F64)
+    G = torch.randn(4, 64, 48, generator=gen, dtype=F64)
+    for depth in (2, 3.5):
+        expected = precondition(W, G, depth)
+        got = precondition(W.cuda(), G.cuda(), depth)
+        assert got.device.type == "cuda"
+        # Different LAPACK/cuSOLVER SVDs of well-conditioned matrices agree to ~1e-13.
+        torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)
+    factors = balanced_factors(W.cuda(), 3, widths=50)
+    torch.testing.assert_close(product(factors).cpu(), W, rtol=1e-10, atol=1e-10)
