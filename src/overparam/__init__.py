@@ -13,6 +13,7 @@ from overparam.core import precondition
 from overparam.core import precondition_inverse
 from overparam.core import product
 from overparam.core import single_output_precondition
+from overparam.dynamics import gradient_flow
 from overparam.models import DeepLinear
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DeepLinear",
     "balanced_factors",
+    "gradient_flow",
     "imbalance",
     "lp_gradient",
     "lp_loss",
