@@ -1,7 +1,8 @@
 """Training-step time of the overparameterized and EndToEndSGD ConvNets relative to the original,
 and inference time after collapse.
 
-Run: ``.venv/bin/python benchmarks/bench_nn.py [--device cpu|cuda] [--batch 64] [--repeats 30]``.
+Run: ``.venv/bin/python benchmarks/bench_nn.py [--device cpu|cuda] [--batch 64] [--repeats 30]
+[--threads T]``.
 The network is the MNIST ConvNet of the ``mnist-convnet`` experiment (TF tutorial sizes by
 default).  Rows, all measured in one process with the same random batch, median milliseconds:
 ``original`` (SGD momentum), ``overparameterized`` (dense layers depth 2, SGD momentum),
@@ -30,19 +31,22 @@ def _sync(device: torch.device) -> None:
 
 
 def median_ms(
-    fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 5
-) -> float:
-    """Median wall time of ``fn()`` in milliseconds (device synchronized around each call)."""
-    for _ in range(warmup):
-        fn()
-    times = []
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median wall time (ms) of each ``fn()``, timed round-robin so that load drift on a shared
+    machine hits every variant alike (device synchronized around each call)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -52,41 +56,46 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--channels", type=int, nargs=2, default=[32, 64])
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config = {"lr": 0.01, "momentum": 0.9, "depth": 2, "init": "identity"}
     gen = torch.Generator().manual_seed(0)
     base = convnet(args.channels, args.hidden, 0.5, gen).to(device)
     x = torch.randn(args.batch, 1, 28, 28, generator=gen).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
-    rows: dict[str, float] = {}
+    steps: dict[str, Callable[[], object]] = {}
     nets = {}
     for variant in ("original", "overparameterized", "end_to_end"):
         net, opt = make_variant(base, variant, config)
-        nets[variant] = net
+        nets[variant] = net.train()
 
         def step(net: torch.nn.Module = net, opt: torch.optim.Optimizer = opt) -> None:
             opt.zero_grad(set_to_none=True)
             objective(net, x, y, 5e-4).backward()  # type: ignore[arg-type]
             opt.step()
 
-        net.train()
-        rows[f"train step: {variant}"] = median_ms(step, device, args.repeats)
+        steps[f"train step: {variant}"] = step
+    rows = median_ms(steps, device, args.repeats)
     original, deployed = nets["original"].eval(), collapse(nets["overparameterized"]).eval()
     with torch.no_grad():
-        for name, net in (("original", original), ("collapsed", deployed)):
-            rows[f"inference: {name}"] = median_ms(
-                lambda net=net: F.softmax(net(x), 1), device, args.repeats
-            )
-    print(f"device {device}, batch {args.batch}, threads {torch.get_num_threads()}")
-    print(f"{'measurement':34s} {'ms':>9s} {'ratio':>7s}")
+        infer = {
+            f"inference: {name}": (lambda net=net: F.softmax(net(x), 1))
+            for name, net in (("original", original), ("collapsed", deployed))
+        }
+        rows.update(median_ms(infer, device, args.repeats))
+    print(
+        f"device {device}, batch {args.batch}, threads {torch.get_num_threads()}, "
+        f"channels {args.channels}, hidden {args.hidden}, repeats {args.repeats}"
+    )
+    print(f"{'measurement':34s} {'ms':>9s} {'ratio':>7s} {'target':>7s}")
     for name, ms in rows.items():
-        ref = (
-            rows["train step: original"]
-            if name.startswith("train")
-            else rows["inference: original"]
-        )
-        print(f"{name:34s} {ms:9.3f} {ms / ref:7.2f}")
+        train = name.startswith("train")
+        ref = rows["train step: original" if train else "inference: original"]
+        target = "<= 1.15" if train else "1.00"
+        print(f"{name:34s} {ms:9.3f} {ms / ref:7.2f} {target:>7s}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
-"""Shared fixtures: float64 by default and an explicit generator per test."""
+"""Shared fixtures and settings: an explicit generator per test, one intra-op thread.
+
+The tests work on small matrices, where a second intra-op thread costs more than it gains (see
+``overparam._threads``); the experiment runner makes the same choice.
+"""
 
 import pytest
 import torch
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -40,7 +40,46 @@ def test_symmetric_riccati_matches_flow(gen, k):
     times = torch.linspace(0, 12, 13, dtype=F64)
     traj = gradient_flow([U0], lambda p: symmetric_loss(p[0], Y), times, **FLOW)
     Xf = torch.stack([p[0] @ p[0].T for p in traj])
-    assert _rel(symmetric_flow(U0, Y, times), Xf) < 1e-8
+    assert _rel(symmetric_flow(U0, Y, times), Xf) < 1e-8  # measured ~1e-11
+
+
+def test_symmetric_riccati_random_full_rank_default_tolerances(gen):
+    """Held-out setting: Y = (A + A^T)/2 (indefinite, |lambda| up to ~3.5), U_0 with N(0, 1)
+    entries (full rank, neither small nor spectral), t up to 20 (|lambda| t ~ 70: the one-shot
+    e^{Yt} formula loses all digits there); integrator at its default tolerances."""
+    m = 10
+    A = torch.randn(m, m, generator=gen, dtype=F64)
+    Y, U0 = 0.5 * (A + A.T), torch.randn(m, m, generator=gen, dtype=F64)
+    times = torch.linspace(0, 20, 21, dtype=F64)
+    traj = gradient_flow([U0], lambda p: symmetric_loss(p[0], Y), times)
+    Xf = torch.stack([p[0] @ p[0].T for p in traj])
+    assert _rel(symmetric_flow(U0, Y, times), Xf) < 1e-8  # measured 4e-13
+
+
+def test_symmetric_limit_is_positive_part_without_overflow(gen):
+    """t = 300, |lambda| up to 2.5 (e^{|lambda| t} ~ e^{760} overflows float64): the limit of a
+    full-rank flow is the positive part Y_+ = Q diag(max(lambda, 0)) Q^T, computed by eigh."""
+    A = torch.randn(6, 6, generator=gen, dtype=F64)
+    Y, U0 = 0.5 * (A + A.T), torch.randn(6, 6, generator=gen, dtype=F64)
+    lam, Q = torch.linalg.eigh(Y)
+    assert float(lam.abs().max()) * 300 > 710 and bool((lam < 0).any())
+    X = symmetric_flow(U0, Y, [300.0])[0]
+    positive = (Q * lam.clamp_min(0)) @ Q.T
+    # residual e^{-2 lambda_+min t} (lambda_+min = 0.7 here) and rounding over ~760 exact steps
+    assert _rel(X, positive) < 1e-10
+
+
+def test_symmetric_flow_batches_and_time_order(gen):
+    """Batched U_0 against one Y, unsorted times: each entry equals its own unbatched call."""
+    Y, U0 = _spd(3, gen), torch.randn(2, 3, 4, generator=gen, dtype=F64)
+    times = [2.5, 0.0, 7.0]
+    both = symmetric_flow(U0, Y, times)
+    assert both.shape == (3, 2, 3, 3)
+    for b in range(2):
+        for i, t in enumerate(times):
+            one = symmetric_flow(U0[b], Y, [t])[0]
+            # identical except the split of [0, t] into exact steps: rounding only
+            assert torch.allclose(both[i, b], one, rtol=1e-12, atol=1e-13)
 
 
 def test_symmetric_flow_solves_riccati_equation(gen):
@@ -105,6 +144,25 @@ def test_spectral_closed_form_matches_full_matrix_flow(gen):
     assert float((got_u - u).abs().max() / u.abs().max()) < 1e-8
     delta = u**2 - v**2  # conserved exactly by the closed form
     assert torch.allclose(delta, (u0**2 - v0**2).expand_as(delta), atol=1e-12)
+
+
+def test_spectral_closed_form_default_tolerances(gen):
+    """Held-out setting: random (u0, v0) of both signs (u0 + v0 != 0), 6 x 9 target, k = 8,
+    t in [0, 20], integrator at its default tolerances: U V^T to 1e-8 relative."""
+    Y = torch.randn(6, 9, generator=gen, dtype=F64)
+    u0 = torch.randn(6, generator=gen, dtype=F64)
+    v0 = torch.randn(6, generator=gen, dtype=F64)
+    U0, V0, s = spectral_init(Y, u0, v0, k=8)
+    times = torch.linspace(0, 20, 21, dtype=F64)
+    traj = gradient_flow([U0, V0], lambda p: asymmetric_loss(p[0], p[1], Y), times)
+    u, v = spectral_flow(u0, v0, s, times)
+    Phi, _, Psih = torch.linalg.svd(Y, full_matrices=False)
+    closed = torch.stack([(Phi * (a * b)) @ Psih for a, b in zip(u, v, strict=True)])
+    assert _rel(closed, torch.stack([U @ V.T for U, V in traj])) < 1e-8  # measured 4e-11
+    delta = torch.stack(
+        [torch.diagonal(Phi.T @ U @ U.T @ Phi - Psih @ V @ V.T @ Psih.T) for U, V in traj]
+    )
+    assert float((delta - (u0**2 - v0**2)).abs().max()) < 1e-9  # u_i^2 - v_i^2 conserved
 
 
 def test_spectral_rate_fitted_and_logistic_balanced_case():

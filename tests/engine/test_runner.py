@@ -140,3 +140,35 @@ def test_cli_run_and_reproduce(tmp_path, capsys):
     code = main(["reproduce", "--only", "engine-toy", "--out", str(tmp_path), "--no-plots"])
     assert code == 0 and (tmp_path / "claims.md").is_file()
     assert main(["run", "engine-toy", "--out", str(tmp_path), "--set", "zz=1"]) == 2
+
+
+def _threads_run(config, ctx):
+    return {"threads": torch.get_num_threads()}
+
+
+THREADS = register(
+    Experiment(
+        name="engine-threads",
+        title="records its intra-op threads",
+        claims=(Claim("T3", "runs with the declared threads", 2),),
+        presets={"quick": {}, "full": {}},
+        run=_threads_run,
+        judge=lambda config, metrics: [Verdict("T3", metrics["threads"], True, "")],
+        threads=2,
+    )
+)
+
+
+def test_run_uses_declared_threads_and_restores(tmp_path):
+    before = torch.get_num_threads()
+    summary = run_experiment("engine-threads", out=tmp_path, quiet=True, plots=False)
+    assert summary["claims"][0]["measured"] == 2
+    assert torch.get_num_threads() == before
+
+
+def test_declared_threads_validated():
+    from overparam._threads import intra_op_threads
+
+    with pytest.raises(ValueError, match=r"`threads` must be None or an integer >= 1, got 0"):
+        with intra_op_threads(0):
+            pass

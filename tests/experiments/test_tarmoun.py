@@ -1,6 +1,9 @@
 """The four tarmoun experiments: run + judge + plot end to end on configs smaller than quick."""
 
+import json
+
 import pytest
+import torch
 
 from overparam.engine import get, run_experiment
 
@@ -35,9 +38,23 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Each experiment run once on its tiny config, shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("tarmoun")
+    cache: dict = {}
+
+    def run(name):
+        if name not in cache:
+            cache[name] = run_experiment(name, "quick", TINY[name], out=out, quiet=True)
+        return cache[name], out
+
+    return run
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_experiment_runs_and_reproduces(tmp_path, name):
-    summary = run_experiment(name, "quick", TINY[name], out=tmp_path, quiet=True)
+def test_experiment_runs_and_reproduces(tiny_runs, name):
+    summary, tmp_path = tiny_runs(name)
     claims = {c["id"]: c for c in summary["claims"]}
     assert set(claims) == {c.id for c in get(name).claims}
     for claim in claims.values():
@@ -47,8 +64,24 @@ def test_experiment_runs_and_reproduces(tmp_path, name):
     assert summary["figures"] and all((tmp_path / name / f).exists() for f in summary["figures"])
 
 
-def test_presets_declare_quick_and_full():
+def test_tiny_configs_only_override_preset_keys():
     for name in TINY:
-        exp = get(name)
-        assert set(TINY[name]) <= set(exp.presets["quick"])
-        assert set(exp.presets["quick"]) == set(exp.presets["full"])
+        assert set(TINY[name]) <= set(get(name).presets["quick"])
+
+
+def test_general_records_singular_value_trajectories(tiny_runs):
+    """One- vs two-layer singular values per init (imbalance level) and the nonlinear variant."""
+    cfg = TINY["tarmoun-general"]
+    summary, tmp_path = tiny_runs("tarmoun-general")
+    assert {"general.png", "general_singular_values.png"} <= set(summary["figures"])
+    metrics = json.loads((tmp_path / "tarmoun-general" / "metrics.json").read_text())
+    f = metrics["factorization"]
+    two = torch.tensor(f["singular_values"], dtype=torch.float64)
+    one = torch.tensor(f["singular_values_one_layer"], dtype=torch.float64)
+    assert two.shape == one.shape == (len(metrics["times"]), len(cfg["inits"]), 5)
+    # both models start from the same product U_0 V_0^T and converge to Y's singular values
+    assert torch.allclose(two[0], one[0], rtol=1e-12)
+    target = torch.tensor(f["target_singular_values"], dtype=torch.float64)
+    assert torch.allclose(two[-1], target.expand_as(two[-1]), rtol=1e-6)
+    assert len(set(map(float, f["imbalance_norm"]))) == len(cfg["inits"])  # distinct levels
+    assert {"excess", "excess_one_layer"} <= set(metrics["nonlinear"])

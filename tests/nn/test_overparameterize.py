@@ -28,7 +28,7 @@ def stack(gen: torch.Generator, sizes: list[int], bias: bool) -> nn.Sequential:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("depth", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("depth", range(1, 9))
 @pytest.mark.parametrize("width", [None, 12, "pair"])
 def test_preserve_keeps_function_and_balance(gen, bias, depth, width):
     net = stack(gen, [5, 7, 3], bias)
@@ -67,6 +67,11 @@ def test_width_smaller_than_layer_but_not_rank(gen):
     assert (net(x) - before).abs().max() < TOL
     with pytest.raises(ValueError, match=r"`width` must be >= rank 2"):
         overparameterize(low_rank, depth=2, width=1)
+    full = nn.Linear(6, 8).double()  # rank 6 > width 2: fine away from "preserve"
+    overparameterize(full, depth=2, width=2, init="near_zero", generator=gen)
+    assert factors_of(full)[0].shape == (2, 6) and torch.linalg.matrix_rank(full.weight) == 2
+    with pytest.raises(ValueError, match=r"`width` must be >= rank 6 of the weight"):
+        overparameterize(nn.Linear(6, 8), depth=3, width=[8, 2])
 
 
 def test_near_zero_and_collapse_after_training(gen):
@@ -147,6 +152,51 @@ def test_conv_is_kxk_conv_then_1x1_convs(gen):
     assert before.shape == out.shape
 
 
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "size"),
+    [
+        (nn.Conv2d, {"stride": 2, "dilation": 2, "padding": 3, "padding_mode": "circular"}, 9),
+        (nn.Conv2d, {"padding": "same", "padding_mode": "reflect", "bias": False}, 8),
+        (nn.Conv2d, {"stride": (1, 2), "padding": (1, 0), "padding_mode": "replicate"}, 8),
+        (nn.Conv1d, {"padding": 1, "stride": 2}, 11),
+        (nn.Conv3d, {"padding": 1, "dilation": (1, 2, 1)}, 6),
+    ],
+)
+def test_conv_options_preserved_and_exact_collapse(gen, kind, kwargs, size):
+    """Stride, dilation, padding and padding modes act before the 1 x 1 convs: all supported."""
+    conv = kind(3, 5, 3, **kwargs).double()
+    dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[kind]
+    x = torch.randn(2, 3, *[size] * dims, generator=gen, dtype=torch.float64)
+    before = conv(x)
+    overparameterize(conv, depth=4, width=7, modules=(kind,))
+    assert (conv(x) - before).abs().max() < TOL
+    overparameterize(
+        collapse(conv), depth=3, width=[6, 4], init="near_zero", scale=0.4, generator=gen,
+        modules=(kind,),
+    )  # fmt: skip
+    out = conv(x).detach()
+    W1, W2, W3 = (f.detach() for f in factors_of(conv))
+    conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    one = (1,) * dims
+    probe = collapse(copy.deepcopy(conv))
+    probe.weight.data = W1.reshape(6, 3, *conv.kernel_size)  # the k x k conv alone, same options
+    probe.bias = None
+    h = conv_fn(conv_fn(probe(x), W2.reshape(4, 6, *one)), W3.reshape(5, 4, *one), conv.bias)
+    assert (out - h).abs().max() < TOL  # = k x k conv into 6 channels, then two 1 x 1 convs
+    collapse(conv)
+    assert type(conv) is kind and (conv(x) - out).abs().max() < TOL
+
+
+def test_unsupported_layers_are_clear_errors():
+    with pytest.raises(ValueError, match=r"must have groups == 1 to be overparameterized, got 3"):
+        overparameterize(nn.Conv2d(3, 3, 3, groups=3), modules=(nn.Conv2d,))  # depthwise
+    with pytest.raises(ValueError, match=r"may only select nn.Linear or nn.Conv1d/2d/3d, got "
+                                         r"ConvTranspose2d"):  # fmt: skip
+        overparameterize(nn.ConvTranspose2d(3, 4, 3), modules=(nn.ConvTranspose2d,))
+    with pytest.raises(ValueError, match=r"has uninitialized \(lazy\) parameters"):
+        overparameterize(nn.LazyLinear(3))
+
+
 def test_state_dict_deepcopy_train_eval(gen):
     torch.manual_seed(0)
     net = overparameterize(
@@ -161,6 +211,11 @@ def test_state_dict_deepcopy_train_eval(gen):
     with torch.no_grad():
         factors_of(twin[0])[0].mul_(2.0)
     assert (twin.eval()(x) - net.eval()(x)).abs().max() > 1e-3  # a real copy, not shared
+    third = copy.deepcopy(net)
+    expected = net(x)
+    collapse(third)  # must not touch the class shared with `net` (torch deletes the property)
+    assert is_overparameterized(net[0]) and torch.equal(net(x), expected)
+    assert torch.equal(third(x), expected) and type(third[0]) is nn.Linear
     fresh = overparameterize(
         nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)).double(), depth=3
     )
@@ -214,3 +269,22 @@ def test_cuda_round_trip(gen):
     assert factors_of(net[0])[0].is_cuda and (net(x) - before).abs().max() < TOL
     collapse(net)
     assert net[0].weight.is_cuda and (net(x) - before).abs().max() < TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_conv_optimizer_deepcopy(gen):
+    """Conv factors on CUDA, a torch optimizer step, deepcopy and state_dict stay on the device."""
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    net = net.double().cuda()
+    x = torch.randn(5, 2, 4, 4, generator=gen, dtype=torch.float64).cuda()
+    before = net(x)
+    overparameterize(net, depth=3, modules=(nn.Linear, nn.Conv2d))
+    assert (net(x) - before).abs().max() < TOL
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    net(x).square().mean().backward()
+    opt.step()
+    twin = copy.deepcopy(net)
+    assert all(t.is_cuda for t in twin.state_dict().values())
+    trained = net(x).detach()
+    collapse(twin)
+    assert twin[0].weight.is_cuda and (twin(x) - trained).abs().max() < TOL

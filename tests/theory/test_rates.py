@@ -84,6 +84,59 @@ def test_positive_root_and_quartic_minimiser_against_numpy(gen):
     assert torch.allclose(eta, best, atol=2e-5)  # grid spacing 1e-5
 
 
+def test_positive_root_when_the_cubic_term_dominates():
+    # rhs / c1 = 1e8 but the root is ~1e-2: the start of the iteration must not matter
+    one = torch.ones(3, dtype=F)
+    c3 = torch.tensor([1e6, 1.0, 0.0], dtype=F)
+    c2 = torch.tensor([0.0, 1e4, 0.0], dtype=F)
+    root = positive_root(1e-8 * one, c2, c3, one)
+    for i in range(3):
+        r = np.roots([float(c3[i]), float(c2[i]), 1e-8, -1.0])
+        real = r[(abs(r.imag) < 1e-9 * abs(r)) & (r.real > 0)].real
+        assert len(real) == 1 and abs(real[0] - float(root[i])) <= 1e-12 * real[0]
+    assert float(positive_root(one[0], 0 * one[0], 0 * one[0], 0 * one[0])) == 0.0
+
+
+def test_descent_lemma_along_a_trajectory_with_independent_quantities(gen):
+    # A fixed step 0.15 / (K lmax(tau_0)) (above eta_max); at each step the lemma is checked where condition (18)
+    # (literal Frobenius form) holds, with lambda(tau) from the dense Kronecker matrix,
+    # sigma_max from numpy's SVD and rho written out from eq. (20).
+    X = torch.randn(30, 3, generator=gen, dtype=F) / 30**0.5
+    W1, W2 = (
+        0.6 * torch.randn(3, 5, generator=gen, dtype=F),
+        0.6 * torch.randn(5, 2, generator=gen, dtype=F),
+    )
+    Y = X @ torch.randn(3, 2, generator=gen, dtype=F)
+    prob = LeastSquares.from_data(X, Y)
+    K, mu = float(prob.K), float(prob.mu)
+    lam0 = float(torch.linalg.eigvalsh(W1 @ W1.T)[-1] + torch.linalg.eigvalsh(W2.T @ W2)[-1])
+    eta = 0.15 / (K * lam0)
+    checked = 0
+    for _ in range(60):
+        W = W1 @ W2
+        g = prob.grad(W)
+        M = np.kron((W2.T @ W2).numpy(), np.eye(3)) + np.kron(np.eye(2), (W1 @ W1.T).numpy())
+        ev = np.linalg.eigvalsh(M)
+        lmin, lmax = ev[0], ev[-1]
+        s, gn, wf = np.linalg.norm(W.numpy(), 2), float(g.norm()), float(W.norm())
+        L0 = float(prob.loss(W))
+        W1, W2 = W1 - eta * g @ W2.T, W2 - eta * W1.T @ g
+        L1 = float(prob.loss(W1 @ W2))
+        cond = lmin - eta * gn * wf - K * eta / 2 * (lmax + eta * gn * wf) ** 2 >= 0
+        r = (
+            1
+            - 2 * eta * mu * lmin
+            + K * mu * eta**2 * lmax**2
+            + 2 * eta**2 * mu * s * gn
+            + 2 * eta**3 * mu * K * lmax * s * gn
+            + eta**4 * mu * K * s**2 * gn**2
+        )
+        if cond:
+            assert L1 <= r * L0 * (1 + 1e-12)  # 1e-12: rounding of the losses only
+            checked += 1
+    assert checked >= 30  # the lemma was actually exercised along the trajectory
+
+
 def test_f_coefficients_are_rho_with_the_bounds_substituted(gen):
     prob, W1, W2 = _problem(gen, batch=4)
     q = measured_quantities(prob, W1, W2)

@@ -167,3 +167,15 @@ def test_validation_messages(gen):
         train(X, Y, W + [torch.zeros(2, 1, 1, dtype=torch.float64)], lr=0.1, depths=[1, 2])
     with pytest.raises(ValueError, match="`optimizer` must be one of"):
         train(X, Y, W, lr=0.1, optimizer="sgd")
+
+
+def test_threads_are_validated_and_restored(gen):
+    X, Y = _data(gen, m=1)
+    W = [torch.zeros(2, 1, 5, dtype=torch.float64)]
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError, match="`threads` must be None or an integer >= 0"):
+        train(X, Y, W, lr=0.1, steps=2, threads=-1)
+    a = train(X, Y, W, lr=0.1, steps=5, threads=None)
+    b = train(X, Y, W, lr=0.1, steps=5, threads=0)
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(a.loss, b.loss, rtol=1e-13, atol=0)  # same math, any thread count

@@ -22,7 +22,10 @@ from overparam.dynamics.conservation import (
     imbalance_trajectory,
 )
 from overparam.dynamics.flow import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
     METHODS,
+    FlowBlowUpError,
     FlowDescentComparison,
     flow_versus_descent,
     gradient_descent,
@@ -30,7 +33,10 @@ from overparam.dynamics.flow import (
 )
 
 __all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_RTOL",
     "METHODS",
+    "FlowBlowUpError",
     "FlowDescentComparison",
     "asymmetric_loss",
     "conservation_drift",

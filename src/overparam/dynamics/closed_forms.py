@@ -71,68 +71,85 @@ def _check_symmetric(Y: Tensor) -> None:
 def symmetric_flow(U0: Tensor, Y: Tensor, times: Sequence[float] | Tensor) -> Tensor:
     """Closed-form ``X(t) = U(t) U(t)^T`` under gradient flow on ``1/4 ||Y - U U^T||_F^2``.
 
-    Derivation.  ``X`` solves ``dX/dt = Y X + X Y - 2 X^2``.  For invertible ``X``, ``P = X^{-1}``
-    solves the *linear* equation ``dP/dt = -Y P - P Y + 2 I``, so
-    ``P(t) = e^{-Yt} P_0 e^{-Yt} + 2 int_0^t e^{-2Ys} ds``.  Written without inverting ``X_0``
-    (valid for any ``U_0``, of any rank, by continuity):
+    Derivation.  ``X`` solves the Riccati equation ``dX/dt = Y X + X Y - 2 X^2``.  For invertible
+    ``X``, ``P = X^{-1}`` solves the *linear* equation ``dP/dt = -Y P - P Y + 2 I``, so
+    ``P(t) = e^{-Yt} (P_0 + S(t)) e^{-Yt}`` with ``S(t) = 2 int_0^t e^{2Ys} ds``; inverting, and
+    written without inverting ``X_0 = U_0 U_0^T`` (valid for any ``U_0``, of any rank, by
+    continuity):
 
-        ``X(t) = e^{Yt} U_0 (I_k + U_0^T e^{Yt} Gamma(t) e^{Yt} U_0)^{-1} U_0^T e^{Yt}``,
-        ``Gamma(t) = 2 int_0^t e^{-2Ys} ds = Q diag((1 - e^{-2 lambda_i t}) / lambda_i) Q^T``
+        ``X(t) = e^{Yt} X_0 (I + S(t) X_0)^{-1} e^{Yt}
+               = e^{Yt} U_0 (I_k + U_0^T S(t) U_0)^{-1} U_0^T e^{Yt}``,
+        ``S(t) = Q diag((e^{2 lambda_i t} - 1) / lambda_i) Q^T``  (``2t`` where ``lambda_i = 0``),
 
-    (``2t`` where ``lambda_i = 0``), with ``Y = Q diag(lambda) Q^T``; it depends on ``U_0`` only
-    through ``X_0 = U_0 U_0^T``.  Numerically, ``U_0`` is first replaced by a full-column-rank
-    factor ``Z`` of ``Q^T X_0 Q`` (rank ``r``), then ``W = e^{Lambda t} Z = Q_W R`` (Householder QR,
-    rows sorted by decreasing ``lambda``, which keeps the graded rows accurate) gives
-    ``X = Q Q_W (R^{-T} R^{-1} + Q_W^T Gamma Q_W)^{-1} Q_W^T Q^T``: ``Gamma`` is bounded and the
-    inverse is of a positive definite matrix, so the formula stays accurate for large ``t``
-    (``e^{lambda t}`` must stay below the float64 overflow, ``|lambda| t < 700``).
+    with ``Y = Q diag(lambda) Q^T``.  ``S(t)`` is positive semidefinite for ``t >= 0`` (whatever the
+    signs of the ``lambda_i``), so ``G = I_k + U_0^T S U_0`` has eigenvalues ``>= 1``.
+
+    Evaluation.  In the eigenbasis (``Z = Q^T U``) one exact step of length ``tau`` is
+    ``Z <- e^{Lambda tau} Z L^{-T}`` with ``L L^T = I_k + Z^T S(tau) Z`` (Cholesky): it returns a
+    factor of ``X(t + tau)``, so steps compose (the flow is a semigroup).  Evaluating ``e^{Yt}``
+    in one go loses everything once ``|lambda| t`` is large (products of ``e^{+|lambda| t}`` and
+    ``e^{-|lambda| t}`` terms with rounding errors, overflow beyond ``|lambda| t ~ 700``), so the
+    closed form is applied in exact steps of ``tau = 1 / max|lambda|`` (every exponential in
+    ``[e^{-2}, e^{2}]``), then one partial step to each requested time: cost
+    ``O(t_max max|lambda|)`` small matrix operations, no truncation error, only rounding.
 
     Consequence (claim T2): for ``Y`` positive definite and ``U_0`` of rank ``m``,
     ``X(t) -> Y`` and, in the eigenbasis of ``Y``, the error entry ``(i, j)`` decays like
     ``e^{-(lambda_i + lambda_j) t}``: the rate is ``2 lambda_min(Y)`` (:func:`symmetric_rate`),
     against 1 for the one-layer model; no small or spectral initialization is needed.
 
+    Source: Tarmoun et al. (2021), Sec. 2 (Riccati solution of the symmetric factorization).
+
     Args:
-        U0: initial factor, shape ``(..., m, k)``, any ``k``, any scale.
-        Y: symmetric target, shape ``(..., m, m)``.
-        times: times ``>= 0``.
+        U0: initial factor, shape ``(..., m, k)``, any ``k``, any scale, any rank.
+        Y: symmetric target, shape ``(..., m, m)`` (indefinite allowed).
+        times: times ``>= 0`` (any order).
 
     Returns:
         ``X(t)``, shape ``(T, ..., m, m)``.
+
+    Example:
+        >>> Y = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64))
+        >>> U0 = torch.eye(2, dtype=torch.float64)
+        >>> X = symmetric_flow(U0, Y, [0.0, 30.0])[-1]
+        >>> bool(torch.allclose(X, Y, atol=1e-12))
+        True
     """
     _validate.floating(U0, "U0", min_dim=2)
     _check_symmetric(Y)
     if U0.shape[-2] != Y.shape[-1]:
         raise ValueError(f"`U0` must have {Y.shape[-1]} rows like `Y`, got shape {tuple(U0.shape)}")
-    t = _times(times, Y).reshape(-1, *([1] * (Y.dim() - 1)))  # (T, 1.., 1)
+    t = _times(times, Y)
     lam, Q = torch.linalg.eigh(Y)
-    lam, Q = lam.flip(-1), Q.flip(-1)  # decreasing eigenvalues: graded rows come sorted
-    Z = _full_rank_factor(Q.mT @ U0 @ U0.mT @ Q)  # (..., m, m); zero columns beyond the rank
-    lt = lam.unsqueeze(0) * t  # (T, ..., m)
-    safe = torch.where(lam == 0, torch.ones_like(lam), lam)
-    gamma = torch.where(lam == 0, 2 * t, -torch.expm1(-2 * lt) / safe)
-    Qw, R = torch.linalg.qr(torch.exp(lt).unsqueeze(-1) * Z)
-    live = torch.diagonal(Z.mT @ Z, dim1=-2, dim2=-1) > 0  # (..., m): columns of the rank
-    diag = torch.diagonal(R, dim1=-2, dim2=-1)
-    R = R + torch.diag_embed(torch.where(live, torch.zeros_like(diag), torch.ones_like(diag)))
-    eye = torch.eye(R.shape[-1], dtype=R.dtype, device=R.device).expand_as(R)
-    Rinv = torch.linalg.solve_triangular(R, eye, upper=True)
-    mask = live.to(R.dtype).unsqueeze(-2)  # drop the padding columns
-    Qw, Rinv = Qw * mask, Rinv * mask * mask.mT
-    N = Rinv.mT @ Rinv + Qw.mT @ (gamma.unsqueeze(-1) * Qw) + torch.diag_embed(1 - mask[..., 0, :])
-    inner = torch.linalg.solve(N, torch.diag_embed(mask[..., 0, :]).expand_as(N))
-    X = Q @ Qw @ inner @ Qw.mT @ Q.mT
+    Z = Q.mT @ U0.to(Y.dtype)  # (..., m, k) in the eigenbasis of Y
+    lam = lam.expand(*Z.shape[:-1])  # batch dims of Y and U0 broadcast together
+    top = float(lam.abs().max())
+    tau = 1.0 / top if top > 0 else float("inf")
+    last = int(float(t.max()) // tau) if top > 0 else 0
+    bases = [Z]
+    for _ in range(last):  # exact steps of length tau, |lambda| tau <= 1
+        bases.append(_riccati_step(bases[-1], lam, torch.tensor(tau, dtype=Y.dtype)))
+    index = (t / tau).floor().long().clamp(0, last) if top > 0 else torch.zeros_like(t).long()
+    rest = (t - index.to(t.dtype) * (tau if top > 0 else 0.0)).clamp_min(0)
+    Zt = _riccati_step(
+        torch.stack(bases)[index], lam, rest.reshape(-1, *([1] * (lam.dim())))
+    )  # (T, ..., m, k)
+    X = Q @ Zt @ Zt.mT @ Q.mT
     return 0.5 * (X + X.mT)
 
 
-def _full_rank_factor(C: Tensor) -> Tensor:
-    """``Z`` with ``Z Z^T = C`` (PSD ``(..., m, m)``): ``V diag(sqrt(mu))`` over the eigenvalues
-    ``mu > m eps mu_max``, ordered first; the remaining columns are exactly zero."""
-    mu, V = torch.linalg.eigh(0.5 * (C + C.mT))
-    mu, V = mu.flip(-1), V.flip(-1)
-    tol = C.shape[-1] * torch.finfo(C.dtype).eps * mu[..., :1].clamp_min(0)
-    root = torch.where(mu > tol, mu.clamp_min(0).sqrt(), torch.zeros_like(mu))
-    return V * root.unsqueeze(-2)
+def _riccati_step(Z: Tensor, lam: Tensor, tau: Tensor) -> Tensor:
+    """Exact flow step in the eigenbasis: ``e^{Lambda tau} Z L^{-T}``, ``L L^T = I + Z^T S Z``,
+    ``S = diag(expm1(2 lambda tau) / lambda)`` (``2 tau`` at ``lambda = 0``); ``tau >= 0``
+    broadcasts against ``lam`` ``(..., m)``."""
+    lt = lam * tau
+    safe = torch.where(lam == 0, torch.ones_like(lam), lam)
+    S = torch.where(lam == 0, 2 * tau * torch.ones_like(lam), torch.expm1(2 * lt) / safe)
+    G = Z.mT @ (S.unsqueeze(-1) * Z)
+    G = 0.5 * (G + G.mT) + torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    L = torch.linalg.cholesky(G)
+    scaled = torch.exp(lt).unsqueeze(-1) * Z
+    return torch.linalg.solve_triangular(L, scaled.mT, upper=False).mT
 
 
 def symmetric_rate(Y: Tensor) -> Tensor:

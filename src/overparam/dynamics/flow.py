@@ -20,6 +20,10 @@ from overparam import _validate
 
 Loss = Callable[[list[Tensor]], Tensor]
 METHODS = ("DOP853", "RK45", "RK23", "Radau", "BDF", "LSODA")
+DEFAULT_RTOL = 1e-12
+"""Default relative tolerance of :func:`gradient_flow` (see its docstring for the accuracy)."""
+DEFAULT_ATOL = 1e-14
+"""Default absolute tolerance of :func:`gradient_flow`."""
 
 
 class FlowDescentComparison(NamedTuple):
@@ -66,13 +70,75 @@ def _scalar(value: Tensor) -> Tensor:
     return value.reshape(())
 
 
+class FlowBlowUpError(RuntimeError):
+    """The integrated flow left every bounded set before the last requested time.
+
+    Raised by :func:`gradient_flow` when ``||theta(t)||`` exceeds ``max_norm``, when the gradient
+    becomes non-finite, or when the solver's step size collapses while ``||theta||`` grows (a
+    finite-time blow-up such as ``L(u) = -||u||^4``, whose flow ``du/dt = 4 ||u||^2 u`` reaches
+    infinity at ``t* = 1 / (8 ||u_0||^2)``).  The message gives the time reached and the norm,
+    also kept as the attributes ``time`` and ``norm``.
+    """
+
+    def __init__(self, message: str, time: float, norm: float) -> None:
+        super().__init__(message)
+        self.time, self.norm = time, norm
+
+
+class _Tracker:
+    """Right-hand side ``-grad L`` of the flat parameter vector, remembering the furthest time
+    evaluated and the largest norm met (for the blow-up report)."""
+
+    def __init__(self, loss: Loss, shapes: list[torch.Size], limit: float) -> None:
+        self.loss, self.shapes, self.limit = loss, shapes, limit
+        self.t, self.norm = 0.0, 0.0
+
+    def __call__(self, t: float, y: np.ndarray) -> np.ndarray:
+        norm = float(np.linalg.norm(y))
+        self.t, self.norm = max(self.t, float(t)), max(self.norm, norm)
+        if not norm <= self.limit:  # also catches NaN
+            raise FlowBlowUpError(
+                f"gradient flow blew up (finite-time blow-up / divergence): ||theta|| = "
+                f"{norm:.3e} > max_norm = {self.limit:.1e} at t = {t:.6g}; integrate to an "
+                "earlier time, or use a loss bounded below along the flow",
+                t,
+                norm,
+            )
+        flat = torch.tensor(y, dtype=torch.float64, requires_grad=True)
+        value = _scalar(self.loss(_unflatten(flat, self.shapes)))
+        (grad,) = torch.autograd.grad(value, flat, allow_unused=True)
+        if grad is None:
+            return np.zeros_like(y)
+        out = -grad.numpy()
+        if not np.all(np.isfinite(out)):
+            raise FlowBlowUpError(
+                f"gradient flow blew up (finite-time blow-up / divergence): non-finite gradient "
+                f"at t = {t:.6g} (||theta|| = {norm:.3e})",
+                t,
+                norm,
+            )
+        return out
+
+
+def _blow_up(tracker: _Tracker, start: float, end: float, why: str) -> FlowBlowUpError:
+    return FlowBlowUpError(
+        f"gradient flow blew up (finite-time blow-up / divergence) before t = {end:.6g}: "
+        f"||theta|| grew from {start:.3e} to {tracker.norm:.3e} by t = {tracker.t:.6g} ({why}); "
+        "integrate to an earlier time, or use a loss bounded below along the flow",
+        tracker.t,
+        tracker.norm,
+    )
+
+
 def gradient_flow(
     params: Sequence[Tensor],
     loss: Loss,
     times: Sequence[float] | Tensor | np.ndarray,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
     method: str = "DOP853",
+    max_norm: float | None = None,
+    max_step: float = math.inf,
 ) -> list[list[Tensor]]:
     """Integrate gradient flow ``d theta/dt = -grad L(theta)`` and sample it at ``times``.
 
@@ -82,6 +148,17 @@ def gradient_flow(
     tolerance ``|err_i| <= atol + rtol |theta_i|`` and evaluates its dense output at ``times``.
     A batch of independent problems is integrated at once by summing their losses (the gradient
     of a sum of losses of disjoint parameters is the stack of their gradients).
+
+    Accuracy of the defaults (``rtol = 1e-12``, ``atol = 1e-14``; measured in the tests): the
+    conserved imbalances ``W_{j+1}^T W_{j+1} - W_j W_j^T`` of deep linear networks (depths 2-4) and
+    ``U^T U - V^T V`` stay constant to ~1e-12 relative to the Gramians, and the trajectories agree
+    with the closed forms of :mod:`overparam.dynamics.closed_forms` to ~1e-10 relative over tens
+    of time units.  The global error shrinks roughly in proportion to ``rtol`` (fitted log-log
+    slopes 0.72 and 0.84 on two closed forms, asserted in the tests); below ``rtol ~ 1e-13``
+    rounding takes over.  The drift of an imbalance is at the scale of the Gramians, not of
+    the imbalance itself: from a small init (entries ~1e-3 growing to O(1), ``||D(0)|| ~ 1e-5``)
+    ``||D(t) - D(0)|| / ||D(0)||`` measured 1e-9 at t = 100 with the defaults (2e-7 with
+    ``rtol = 1e-10``), so tighten ``rtol`` when a tiny imbalance must be resolved over long times.
 
     Source: gradient flow, Eq. (1) of Tarmoun et al. (2021); Arora, Cohen & Hazan (2018), Sec. 5.
 
@@ -93,9 +170,18 @@ def gradient_flow(
         atol: absolute tolerance (> 0).
         method: one of ``METHODS`` (``"DOP853"``, ``"RK45"``, ``"RK23"``, ``"Radau"``, ``"BDF"``,
             ``"LSODA"``).
+        max_norm: ``||theta||`` beyond which the flow is declared blown up (default
+            ``1e12 * max(1, ||theta_0||)``).
+        max_step: largest step the solver may take (> 0, default unbounded).  On a long,
+            converged, stiff tail an explicit method runs at its stability limit, where its
+            (uncontrolled) dense output degrades; capping the step keeps it accurate there.
 
     Returns:
         ``trajectory[i]`` = the list of parameters (float64, shapes of ``params``) at ``times[i]``.
+
+    Raises:
+        ValueError: invalid arguments, a non-scalar loss, a non-finite gradient at ``theta_0``.
+        FlowBlowUpError: the flow diverges before ``times[-1]`` (finite-time blow-up).
 
     Example:
         >>> U = torch.ones(2, 1, dtype=torch.float64)
@@ -109,24 +195,42 @@ def gradient_flow(
     atol = _validate.positive(atol, "atol")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    if not (isinstance(max_step, (int, float)) and max_step > 0):
+        raise ValueError(f"`max_step` must be a number > 0, got {max_step!r}")
     shapes = [p.shape for p in start]
     y0 = torch.cat([p.reshape(-1).to(torch.float64) for p in start]).numpy()
+    norm0 = float(np.linalg.norm(y0))
+    limit = 1e12 * max(1.0, norm0) if max_norm is None else _validate.positive(max_norm, "max_norm")
+    if limit <= norm0:
+        raise ValueError(f"`max_norm` must exceed ||params|| = {norm0:.3e}, got {limit}")
+    rhs = _Tracker(loss, shapes, limit)
+    try:
+        rhs(0.0, y0)
+    except FlowBlowUpError:
+        raise ValueError(
+            "`loss` must have a finite gradient at the initial `params`, got NaN/inf entries"
+        ) from None
     if grid.size == 1:
         return [[p.to(torch.float64).clone() for p in start]]
-
-    def rhs(_t: float, y: np.ndarray) -> np.ndarray:
-        flat = torch.tensor(y, dtype=torch.float64, requires_grad=True)
-        value = _scalar(loss(_unflatten(flat, shapes)))
-        (grad,) = torch.autograd.grad(value, flat, allow_unused=True)
-        if grad is None:
-            return np.zeros_like(y)
-        return -grad.numpy()
-
-    solution = solve_ivp(
-        rhs, (0.0, float(grid[-1])), y0, method=method, t_eval=grid, rtol=rtol, atol=atol
-    )
+    try:
+        solution = solve_ivp(
+            rhs,
+            (0.0, float(grid[-1])),
+            y0,
+            method=method,
+            t_eval=grid,
+            rtol=rtol,
+            atol=atol,
+            max_step=float(max_step),
+        )
+    except FlowBlowUpError as err:
+        raise FlowBlowUpError(str(err), err.time, err.norm) from None  # without solver frames
     if not solution.success:
-        raise RuntimeError(f"gradient_flow: solve_ivp failed: {solution.message}")
+        if rhs.norm > 1e2 * max(1.0, norm0):  # the step size collapsed while theta grew
+            raise _blow_up(rhs, norm0, grid[-1], f"solver: {solution.message}")
+        raise RuntimeError(
+            f"gradient_flow: solve_ivp failed at t = {rhs.t:.6g}: {solution.message}"
+        )
     columns = torch.from_numpy(np.ascontiguousarray(solution.y.T))
     return [_unflatten(row.clone(), shapes) for row in columns]
 
@@ -191,8 +295,8 @@ def flow_versus_descent(
     eta: float,
     steps: int,
     record: Sequence[int] | None = None,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
     method: str = "DOP853",
 ) -> FlowDescentComparison:
     """Gradient descent with step ``eta`` and gradient flow, both sampled at ``t_k = k * eta``.

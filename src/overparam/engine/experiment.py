@@ -68,6 +68,8 @@ class Experiment:
         plot: ``(config, metrics) -> {name: matplotlib Figure}``, or None.
         doc: the figure reproduced, expected result, runtime and the exact command.
         version: bump to invalidate cached results after a change of ``run``.
+        threads: intra-op threads while ``run`` computes; 1 by default (small matrices, see
+            :mod:`overparam._threads`), ``None`` keeps torch's setting (large convolutions).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Experiment:
     doc: str = ""
     version: int = 1
     tags: tuple[str, ...] = field(default_factory=tuple)
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         for preset in ("quick", "full"):

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from overparam._threads import intra_op_threads
 from overparam.engine.experiment import Config, Experiment, Metrics, Verdict
 from overparam.engine.registry import get
 from overparam.engine.store import Store, to_jsonable
@@ -164,7 +165,8 @@ def run_experiment(
     start = time.perf_counter()
     if metrics is None:
         context = Context(store, name, force, quiet)
-        raw = experiment.run(dict(config), context)
+        with intra_op_threads(experiment.threads):
+            raw = experiment.run(dict(config), context)
         metrics = store.put(kind, config, raw, time.perf_counter() - start)
     seconds = time.perf_counter() - start
     summary = {

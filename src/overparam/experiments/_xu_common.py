@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 SRC = "Xu et al. 2023 (seed 002)"
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def single_thread(fn: F) -> F:
-    """Run ``fn`` with one intra-op thread (restored after): the tensors here are tiny, and on a
-    loaded 2-core machine a second thread made these runs about 10 times slower."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def median(v: Any) -> float:

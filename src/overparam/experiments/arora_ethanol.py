@@ -4,7 +4,8 @@
 learning rate grid-searched per (p, depth), ``L - L*`` curves.  ``vs-adaptive`` (A9): l4,
 AdaGrad/AdaDelta on depth 1 vs GD on depth 3, Adam on depths 1/2/3.
 
-Command: ``overparam run lp-depth --full`` (1e6 iterations, about 8 minutes on 2 cores).
+Command: ``overparam run lp-depth --full`` (1e6 iterations; measured 17.6 min wall on a loaded
+2-core machine, one intra-op thread).
 """
 
 from __future__ import annotations
@@ -109,6 +110,17 @@ def final_gap(curve: dict[str, Any], depth: int) -> float:
     return math.inf if entry["gap"] is None or entry["gap"][-1] is None else entry["gap"][-1]
 
 
+def escape_step(curve: dict[str, Any], depth: int) -> int | None:
+    """First recorded step at which ``L - L*`` is below half its initial value."""
+    gap = curve["depth"][str(depth)]["gap"]
+    if not gap:
+        return None
+    return next(
+        (s for s, g in zip(curve["steps"], gap, strict=True) if g is not None and g < 0.5 * gap[0]),
+        None,
+    )
+
+
 def at_steps(curve: dict[str, Any], depth: int, checkpoints: list[int]) -> dict[str, float]:
     steps, gap = curve["steps"], curve["depth"][str(depth)]["gap"] or []
     return {str(c): gap[steps.index(c)] for c in checkpoints if c in steps and gap}
@@ -123,27 +135,73 @@ def run_lp_depth(config: Config, ctx: RunContext) -> Metrics:
     return {"curves": out, "samples": X.shape[0]}
 
 
+def _edge(curve: dict[str, Any], depth: int, rates: list[float]) -> bool:
+    """Whether the selected rate is the grid's largest non-diverged or its smallest rate."""
+    entry = curve["depth"][str(depth)]
+    alive = [r for r in rates if r not in entry.get("diverged_lrs", [])]
+    return entry["lr"] is not None and entry["lr"] in (min(rates), max(alive, default=None))
+
+
 def judge_lp_depth(config: Config, metrics: Metrics) -> list[Verdict]:
-    curves = metrics["curves"]
-    checkpoints = [c for c in (10**4, 10**5, 10**6) if c <= config["steps"]] + [config["steps"]]
-    measured: dict[str, Any] = {"steps": config["steps"]}
+    """A8 as a claim about depth: l4, depths 2 and 3 end below depth 1 (and 3 below 2 once the
+    run reaches the paper's 1e6 iterations); l2, depths 2 and 3 do not halve depth 1's gap."""
+    curves, steps = metrics["curves"], int(config["steps"])
+    checkpoints = sorted({c for c in (10**4, 10**5, 10**6) if c <= steps} | {steps})
+    measured: dict[str, Any] = {"steps": steps, "samples": metrics.get("samples")}
     for loss, curve in curves.items():
         measured[loss] = {str(n): final_gap(curve, n) for n in config["depths"]}
         measured[loss + "_lr"] = {str(n): curve["depth"][str(n)]["lr"] for n in config["depths"]}
         measured[loss + "_checkpoints"] = {
-            str(n): at_steps(curve, n, sorted(set(checkpoints))) for n in config["depths"]
+            str(n): at_steps(curve, n, checkpoints) for n in config["depths"]
         }
+    measured["paper_at_1e6"] = PAPER_A8
+    l4 = curves.get("l4")
+    escape = {str(n): escape_step(l4, n) for n in config["depths"]} if l4 else {}
+    measured["l4_half_gap_step"] = escape
     g4, g2 = measured.get("l4", {}), measured.get("l2", {})
-    l4_ok = bool(g4) and g4["3"] < g4["2"] < g4["1"]
-    l2_ok = bool(g2) and min(g2["2"], g2["3"]) >= 0.5 * g2["1"]
+    inf = math.inf
+    l4_faster = bool(g4) and max(g4.get("2", inf), g4.get("3", inf)) < g4.get("1", -inf)
+    l4_ordered = bool(g4) and g4.get("3", inf) < g4.get("2", inf) < g4.get("1", -inf)
+    need_order = steps >= 10**6
+    l4_ok = l4_faster and (l4_ordered or not need_order)
+    l2_ok = bool(g2) and min(g2.get("2", 0.0), g2.get("3", 0.0)) >= 0.5 * g2.get("1", inf)
+    measured["checks"] = {
+        "l4: depths 2,3 below depth 1": l4_faster,
+        "l4: depth 3 below depth 2": l4_ordered,
+        "l2: depths 2,3 not below half of depth 1": l2_ok,
+    }
+    rates = [float(r) for r in config["lrs"]]
+    edges = [
+        f"{k} depth {n}" for k in curves for n in config["depths"] if _edge(curves[k], n, rates)
+    ]
     note = (
-        f"l4 deeper faster: {l4_ok} (depth 1/2/3 gaps {[g4.get(k) for k in '123']}); "
-        f"l2 not accelerated (depths 2,3 not below half of depth 1): {l2_ok} "
-        f"({[g2.get(k) for k in '123']}); paper at 1e6: {PAPER_A8}. {SUBSET_NOTE}"
+        f"final L - L* after {steps} iterations, each (p, depth) at its grid-searched rate "
+        f"(lowest final gap, no divergence). l4 depth 1/2/3: {[g4.get(k) for k in '123']}; l2: "
+        f"{[g2.get(k) for k in '123']}; paper at 1e6: {PAPER_A8}. The order 3 < 2 is "
+        + (
+            "required (run reaches 1e6)"
+            if need_order
+            else "reported, not required: the paper states it at 1e6 iterations"
+        )
+        + f". From near-zero init the deeper nets first sit on a plateau: step where L - L* "
+        f"halves, depths {list(escape)}: {list(escape.values())}"
+        + f". Selected rate at the edge of the stable grid for: {edges or 'none'} (the fastest "
+        "GD rate is usually just below the divergence threshold). " + SUBSET_NOTE + "; our L* "
+        f"(l2 {curves.get('l2', {}).get('L*')}, l4 {curves.get('l4', {}).get('L*')}) is that of "
+        "the standardized subset"
     )
-    if config["steps"] < 10**6:
-        note += f"; run has {config['steps']} iterations, not the paper's 1e6"
+    if steps < 10**6:
+        note += f"; run has {steps} iterations, not the paper's 1e6"
     return [Verdict("A8", measured, l4_ok and l2_ok, note)]
+
+
+def draw_curves(ax: Any, curve: dict[str, Any], prefix: str = "depth ") -> None:
+    """``L - L*`` of each depth's selected rate on log-log axes (stored metrics only)."""
+    steps = [max(s, 1) for s in curve["steps"]]
+    for key, entry in curve["depth"].items():
+        if entry["gap"] is not None:
+            gap = [g if g is not None and g > 0 else float("nan") for g in entry["gap"]]
+            ax.loglog(steps, gap, label=f"{prefix}{key} (lr {entry['lr']:g})")
 
 
 def plot_curves(config: Config, metrics: Metrics) -> dict[str, Any]:
@@ -153,15 +211,12 @@ def plot_curves(config: Config, metrics: Metrics) -> dict[str, Any]:
     for name, curve in metrics["curves"].items():
         fig = Figure(figsize=(5, 3.5))
         ax = fig.add_subplot()
-        steps = [max(s, 1) for s in curve["steps"]]
-        for key, entry in curve["depth"].items():
-            if entry["gap"] is not None:
-                gap = [g if g is not None and g > 0 else float("nan") for g in entry["gap"]]
-                ax.loglog(steps, gap, label=f"{key} (lr {entry['lr']:g})")
+        draw_curves(ax, curve)
         ax.set_xlabel("iteration")
         ax.set_ylabel("L - L*")
         ax.set_title(f"Ethanol, {name}")
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
         figures[name] = fig
     return figures
 
@@ -180,11 +235,11 @@ LP_DEPTH = register(
         ),
         presets={
             "quick": {
-                "steps": 10000,
-                "points": 60,
+                "steps": 50000,
+                "points": 40,
                 "ps": [2, 4],
                 "depths": [1, 2, 3],
-                "lrs": [5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2],
+                "lrs": [7e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2],
                 "scale": 0.01,
                 "seed": 0,
             },
@@ -236,28 +291,60 @@ def run_vs_adaptive(config: Config, ctx: RunContext) -> Metrics:
 
 
 def judge_vs_adaptive(config: Config, metrics: Metrics) -> list[Verdict]:
+    """A9 from the final ``L - L*`` of each method at its grid-searched rate; a method whose
+    every rate diverged has no value and fails every comparison it enters."""
     c = metrics["curves"]
-    gd3 = final_gap(c["gd"], 3)
-    ada, delta = final_gap(c["adagrad"], 1), final_gap(c["adadelta"], 1)
-    adam = {n: final_gap(c["adam"], n) for n in (1, 2, 3)}
-    checks = {
-        "gd3 < adagrad1": gd3 < ada,
-        "gd3 < adadelta1": gd3 < delta,
-        "adam1 < gd3": adam[1] < gd3,
-        "adam2 < adam1": adam[2] < adam[1],
-        "adam3 < adam1": adam[3] < adam[1],
+    runs = {
+        "gd3": (c["gd"], 3),
+        "adagrad1": (c["adagrad"], 1),
+        "adadelta1": (c["adadelta"], 1),
+        **{f"adam{n}": (c["adam"], n) for n in (1, 2, 3)},
     }
+    gap = {k: final_gap(curve, n) for k, (curve, n) in runs.items()}
+    pairs = [
+        ("gd3", "adagrad1"),
+        ("gd3", "adadelta1"),
+        ("adam1", "gd3"),
+        ("adam2", "adam1"),
+        ("adam3", "adam1"),
+    ]
+    finite = {k: math.isfinite(v) for k, v in gap.items()}
+    checks = {f"{a} < {b}": finite[a] and finite[b] and gap[a] < gap[b] for a, b in pairs}
+    all_diverged = [k for k, v in gap.items() if not math.isfinite(v)]
+    grids = {k: [float(r) for r in v] for k, v in config["grids"].items()}
+    edges = [k for k, (curve, n) in runs.items() if _edge(curve, n, grids[k.rstrip("123")])]
     measured = {
-        "gd_depth3": gd3,
-        "adagrad_depth1": ada,
-        "adadelta_depth1": delta,
-        "adam": {str(k): v for k, v in adam.items()},
+        "final_gap": {k: (v if math.isfinite(v) else None) for k, v in gap.items()},
+        "lr": {k: curve["depth"][str(n)]["lr"] for k, (curve, n) in runs.items()},
         "checks": checks,
         "steps": config["steps"],
     }
     failed = [k for k, v in checks.items() if not v]
-    note = f"final L - L* (l4), each at its grid-searched rate; failed: {failed or 'none'}. "
-    return [Verdict("A9", measured, not failed, note + SUBSET_NOTE)]
+    note = (
+        f"final L - L* (l4) after {config['steps']} iterations, each method at its grid-searched "
+        f"rate; failed: {failed or 'none'}; every rate diverged for: {all_diverged or 'none'}; "
+        f"selected rate at a grid edge for: {edges or 'none'}. The paper shows curves (Fig. 4), "
+        "no numbers. " + SUBSET_NOTE
+    )
+    if config["steps"] < 10**6:
+        note += f"; run has {config['steps']} iterations, not the paper's 1e6"
+    return [Verdict("A9", measured, not failed, note)]
+
+
+def plot_vs_adaptive(config: Config, metrics: Metrics) -> dict[str, Any]:
+    """One figure as the paper's Fig. 4: every method's best curve of ``L - L*`` (l4)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.add_subplot()
+    for method, curve in metrics["curves"].items():
+        draw_curves(ax, curve, f"{method} depth ")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("L - L* (l4)")
+    ax.set_title("Ethanol l4: depth vs explicit accelerators")
+    if ax.get_lines():
+        ax.legend(fontsize=7)
+    return {"vs_adaptive": fig}
 
 
 VS_ADAPTIVE = register(
@@ -274,16 +361,16 @@ VS_ADAPTIVE = register(
         ),
         presets={
             "quick": {
-                "steps": 5000,
-                "points": 40,
+                "steps": 20000,
+                "points": 30,
                 "scale": 0.01,
                 "seed": 0,
                 "lrs": [],
                 "grids": {
-                    "gd": [1e-3, 2e-3, 5e-3],
-                    "adagrad": [1e-2, 1e-1, 1.0],
-                    "adadelta": [1.0, 10.0, 100.0],
-                    "adam": [1e-3, 1e-2, 1e-1],
+                    "gd": [7e-4, 1e-3],
+                    "adagrad": [1e-2, 3e-2],
+                    "adadelta": [1e-2, 3e-2],
+                    "adam": [1e-3, 3e-3],
                 },
             },
             "full": {
@@ -294,15 +381,15 @@ VS_ADAPTIVE = register(
                 "lrs": [],
                 "grids": {
                     "gd": [1e-4, 1.5e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3],
-                    "adagrad": [1e-3, 1e-2, 1e-1, 1.0, 10.0],
-                    "adadelta": [0.1, 1.0, 10.0, 100.0, 1000.0],
-                    "adam": [1e-4, 1e-3, 1e-2, 1e-1],
+                    "adagrad": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
+                    "adadelta": [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0],
+                    "adam": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
                 },
             },
         },
         run=run_vs_adaptive,
         judge=judge_vs_adaptive,
-        plot=plot_curves,
+        plot=plot_vs_adaptive,
         doc="l4 on Ethanol; command: overparam run vs-adaptive --full",
     )
 )

@@ -160,8 +160,9 @@ def judge_toy(config: Config, metrics: Metrics) -> list[Verdict]:
     table = {}
     for key, v in acc.items():
         p, n = key.split("_depth")
-        base = acc[f"{p}_depth1"]["coord2"]
-        speed = None if v["coord2"] is None or base is None else base / max(v["coord2"], 1)
+        base = acc[f"{p}_depth1"].get("coord2")
+        c2 = v.get("coord2")
+        speed = None if c2 is None or base is None else base / max(c2, 1)
         table[key] = dict(v, speedup_coord2=speed, predicted=y1 ** (2 - 2 / int(n)))
     deep4 = [table[f"l4_depth{n}"]["speedup_coord2"] or 0.0 for n in config["depths"] if n > 1]
     deep2 = [table[f"l2_depth{n}"]["speedup_coord2"] or 0.0 for n in config["depths"] if n > 1]
@@ -197,7 +198,7 @@ def plot_toy(config: Config, metrics: Metrics) -> dict[str, Any]:
     fig = Figure(figsize=(5, 3.5))
     ax = fig.add_subplot()
     for p in config["ps"]:
-        rows = [metrics["acceleration"][f"l{p}_depth{n}"]["coord2"] for n in config["depths"]]
+        rows = [metrics["acceleration"][f"l{p}_depth{n}"].get("coord2") for n in config["depths"]]
         ax.semilogy(config["depths"], [r if r else float("nan") for r in rows], "o-", label=f"l{p}")
     ax.set_xlabel("depth N")
     ax.set_ylabel("iterations to converge coordinate 2")

@@ -26,7 +26,7 @@ from overparam.engine import (
     register,
 )
 from overparam.experiments import _xu_imbalance, _xu_table  # noqa: F401  (registration)
-from overparam.experiments._xu_common import SRC, curve, first_hit, median, single_thread
+from overparam.experiments._xu_common import SRC, curve, first_hit, median
 from overparam.theory import (
     InitConstants,
     LeastSquares,
@@ -51,7 +51,6 @@ def _figure1_problem(cfg: Config) -> tuple[LeastSquares, Tensor, Tensor]:
     return LeastSquares.from_data(X, Y), W1, W2
 
 
-@single_thread
 def run_figure1(cfg: Config, ctx: RunContext) -> Metrics:
     """Fixed ``eta = eta_max`` with every checker, adaptive ``f``/``rho`` steps, and plain GD."""
     prob, W1, W2 = _figure1_problem(cfg)
@@ -71,7 +70,7 @@ def run_figure1(cfg: Config, ctx: RunContext) -> Metrics:
     fixed = two_layer_gd(prob, W1, W2, T, e_max, c1, c2)
     checks = check_bounds(fixed, prob, e_max, c1, c2)
     runs = {
-        "f": two_layer_gd(prob, W1, W2, T, "f", c1, c2),
+        "f": two_layer_gd(prob, W1, W2, T, "f", c1, c2, diagnostics=False),
         "rho": two_layer_gd(prob, W1, W2, T, "rho", c1, c2, diagnostics=False),
     }
     runs["fixed_eta0"] = two_layer_gd(prob, W1, W2, T, runs["f"]["eta"][0], diagnostics=False)

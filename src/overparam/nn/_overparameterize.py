@@ -261,12 +261,25 @@ def factors_of(module: nn.Module) -> list[Tensor]:
     return [getattr(originals, f"original{j}") for j in range(count)]
 
 
+def _own_class(module: nn.Module) -> None:
+    """Give ``module`` a private copy of its ``Parametrized*`` class.
+
+    ``copy.deepcopy`` of a parametrized module shares the class that ``parametrize`` created, and
+    ``remove_parametrizations`` deletes the ``weight`` property from that class: collapsing a copy
+    would break the original (and vice versa) without this.
+    """
+    cls = module.__class__
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+
+
 def collapse(model: nn.Module) -> nn.Module:
     """Turn every overparameterized layer of ``model`` back into a plain layer, in place.
 
     The weight becomes a plain ``nn.Parameter`` holding ``W_N ... W_1`` (reshaped to the kernel
     shape), the class is the original one again, and the outputs are identical up to the rounding
-    of the product.  Layers that were not overparameterized are left alone.
+    of the product.  Layers that were not overparameterized are left alone.  Deep copies of the
+    model are independent: collapsing one leaves the others overparameterized and working.
 
     Returns:
         ``model``, ready for ``torch.save`` / export.
@@ -275,5 +288,6 @@ def collapse(model: nn.Module) -> nn.Module:
         raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     for module in list(model.modules()):
         if is_overparameterized(module):
+            _own_class(module)
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model

@@ -1,9 +1,15 @@
 """Optimizers that apply the end-to-end update of an overparameterized model without its factors."""
 
-from overparam.optim._end_to_end_sgd import EndToEndSGD, end_to_end_direction, end_to_end_sgd
+from overparam.optim._end_to_end_sgd import (
+    EndToEndSGD,
+    end_to_end_direction,
+    end_to_end_sgd,
+    reduced_precondition,
+)
 
 __all__ = [
     "EndToEndSGD",
     "end_to_end_direction",
     "end_to_end_sgd",
+    "reduced_precondition",
 ]

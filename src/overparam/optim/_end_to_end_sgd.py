@@ -24,11 +24,56 @@ from overparam import _validate
 from overparam.core.precondition import precondition
 
 
+def reduced_precondition(W: Tensor, G: Tensor, depth: float) -> Tensor:
+    """``A_{N,W}(G)`` of a wide ``W`` (``m < n``) through one ``m x 2m`` :func:`precondition` call.
+
+    With ``W^T = Q R`` (reduced QR, ``Q`` of shape ``n x m``) and ``O = [Q, Q_perp]`` orthogonal,
+    ``W O = [R^T, 0]``; the operator is orthogonally equivariant, ``A_{N,WO}(GO) = A_{N,W}(G) O``,
+    and on ``[R^T, 0]`` it acts blockwise: ``A_{N,R^T}`` on the first ``m`` columns and
+    ``M = (W W^T)^((N-1)/N)`` (the null-space coefficient) on the rest.  One call on
+    ``([R^T, 0_m], [G Q, I_m])`` returns ``[A_{N,R^T}(G Q), M]``, hence (exactly, for any rank)
+
+        A_{N,W}(G) = A_{N,R^T}(G Q) Q^T + M (G - G Q Q^T) = (A_{N,R^T}(G Q) - M G Q) Q^T + M G.
+
+    The SVD is of an ``m x 2m`` matrix instead of ``m x n`` (for a 512 x 3136 dense layer about
+    4x cheaper on CPU).  A tall ``W`` uses ``A_{N,W}(G) = A_{N,W^T}(G^T)^T``.  Batched.
+
+    Args:
+        W: matrices ``(..., m, n)``.
+        G: directions, same shape.
+        depth: the depth ``N >= 1``.
+
+    Returns:
+        ``A_{N,W}(G)`` (Arora, Cohen & Hazan 2018, Theorem 1), shape ``(..., m, n)``.
+    """
+    _validate.same_shape(W, G, "W", "G")
+    if W.dim() < 2:
+        raise ValueError(f"`W` must have at least 2 dimensions, got shape {tuple(W.shape)}")
+    m, n = W.shape[-2], W.shape[-1]
+    if m > n:
+        return reduced_precondition(W.mT, G.mT, depth).mT
+    Q, R = torch.linalg.qr(W.mT)
+    GQ = G @ Q
+    eye = torch.eye(m, dtype=W.dtype, device=W.device).expand_as(GQ)
+    out = precondition(torch.cat([R.mT, torch.zeros_like(R)], -1), torch.cat([GQ, eye], -1), depth)
+    M = out[..., m:]
+    return (out[..., :m] - M @ GQ) @ Q.mT + M @ G  # three n-sized products, not four
+
+
+def _direction(W: Tensor, G: Tensor, depth: float) -> Tensor:
+    """:func:`precondition`, through :func:`reduced_precondition` when the long side > 2x the short."""
+    m, n = W.shape[-2], W.shape[-1]
+    if max(m, n) > 2 * min(m, n):
+        return reduced_precondition(W, G, depth)
+    return precondition(W, G, depth)
+
+
 def end_to_end_direction(params: list[Tensor], grads: list[Tensor], depth: float) -> list[Tensor]:
     """``A_{N,W}(G)`` for every ``(W, G)`` with ``W.ndim >= 2``; ``G`` unchanged otherwise.
 
     ``W`` of shape ``(m, ...)`` is read as the matrix ``(m, prod(rest))``.  Parameters of equal
-    shape, dtype and device are stacked and preconditioned in one batched call (one batched SVD).
+    shape, dtype and device are stacked and preconditioned in one batched call (one batched SVD);
+    matrices with one side more than twice the other go through :func:`reduced_precondition`.
 
     Args:
         params: the current parameters ``W``.
@@ -53,7 +98,7 @@ def end_to_end_direction(params: list[Tensor], grads: list[Tensor], depth: float
         rows = shape[0]
         W = torch.stack([params[i].detach().reshape(rows, -1) for i in idx])
         G = torch.stack([grads[i].reshape(rows, -1) for i in idx])
-        D = precondition(W, G, n)
+        D = _direction(W, G, n)
         for k, i in enumerate(idx):
             out[i] = D[k].reshape(shape)
     return out

@@ -140,19 +140,22 @@ def planted_low_rank(
     generator: torch.Generator,
     symmetric: bool = False,
     dtype: torch.dtype = torch.float64,
+    kappa: float = 2.0,
 ) -> tuple[Tensor, Tensor]:
     """Ground truth factors ``X (d1, r*)``, ``Y (d2, r*)`` with ``X Y^T`` of unit spectral norm.
 
     ``X = Q_1 S^(1/2)``, ``Y = Q_2 S^(1/2)`` with orthonormal ``Q_1, Q_2`` (QR of Gaussian matrices)
-    and ``S = diag(linspace(1, 1/2, r*))``: condition number ``kappa = 2`` (the slides assume
-    ``kappa ~ 1``).  With ``symmetric=True``, ``Y = X`` (``d1 == d2`` required).
+    and ``S = diag(linspace(1, 1/kappa, r*))``: condition number ``kappa`` (default 2; the slides
+    assume ``kappa ~ 1``).  With ``symmetric=True``, ``Y = X`` (``d1 == d2`` required).
     """
     _count(d1, "d1"), _count(d2, "d2"), _count(rank, "rank")
+    if isinstance(kappa, bool) or not isinstance(kappa, (int, float)) or not kappa >= 1:
+        raise ValueError(f"`kappa` must be a number >= 1, got {kappa!r}")
     if rank > min(d1, d2):
         raise ValueError(f"`rank` must be <= min(d1, d2) = {min(d1, d2)}, got {rank}")
     if symmetric and d1 != d2:
         raise ValueError(f"`d2` must equal `d1` when symmetric, got d1={d1}, d2={d2}")
-    s = torch.linspace(1.0, 0.5, rank, dtype=dtype).sqrt()
+    s = torch.linspace(1.0, 1.0 / kappa, rank, dtype=dtype).sqrt()
     Q1 = torch.linalg.qr(torch.randn(d1, rank, generator=generator, dtype=dtype))[0]
     X = Q1 * s
     if symmetric:

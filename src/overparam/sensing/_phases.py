@@ -54,7 +54,9 @@ def power_iterates(Z: Tensor, W0: Tensor, mu: float, steps: Sequence[int]) -> Te
     coeff = Q.mT @ W0
     t = torch.as_tensor(list(steps), dtype=Z.dtype)
     growth = (1.0 + mu * lam).unsqueeze(0) ** t.reshape(-1, *([1] * lam.dim()))
-    return Q @ (growth.unsqueeze(-1) * coeff)
+    extra = max(0, W0.dim() - Z.dim())  # batch dims of W0 beyond those of Z
+    growth = growth.reshape(len(t), *([1] * extra), *lam.shape, 1)
+    return Q @ (growth * coeff)
 
 
 def top_subspace(M: Tensor, k: int) -> Tensor:
@@ -115,6 +117,7 @@ def detect_phases(
     angle_tol: float = 0.1,
     signal_frac: float = 0.5,
     floor_factor: float = 2.0,
+    error_tol: float | None = None,
 ) -> dict[str, Tensor]:
     """The three phases of small-init GD (slide "Convergence phases"), batched over trailing dims.
 
@@ -124,7 +127,8 @@ def detect_phases(
       ``sigma_{r*}(Q^T U_t)`` reaches ``signal_frac * sigma_star`` (the slide: "minimum eigenvalue of
       U_t W_t grows"; ``sigma_star = sigma_{r*}(X)``);
     * refinement ``[t2, t3)``: ``t3`` = first time after ``t2`` the relative error is within
-      ``floor_factor`` of its minimum over the run.
+      ``floor_factor`` of its minimum over the run, or, when ``error_tol`` is given, at most
+      ``error_tol`` (a horizon-independent end).
 
     Args: ``times`` the recorded steps; the curves have shape ``(len(times), ...)``.
     Returns ``t_spectral``, ``t_saddle``, ``t_refine`` (float, ``nan`` when not reached).
@@ -144,7 +148,11 @@ def detect_phases(
             )
     t1 = first_reached(sin_gd, times, angle_tol)
     t2 = first_reached(signal, times, signal_frac * sigma_star, below=False, start=t1)
-    floor = rel_error.min(0).values * floor_factor
+    if error_tol is not None:
+        _validate.positive(error_tol, "error_tol")
+        floor: Tensor | float = error_tol
+    else:
+        floor = rel_error.min(0).values * floor_factor
     t3 = first_reached(rel_error, times, floor, start=t2)
     return {"t_spectral": t1, "t_saddle": t2, "t_refine": t3}
 
@@ -171,3 +179,25 @@ def balancing_bound(imbalance: Tensor, loss: Tensor, mu: float) -> dict[str, Ten
         "holds": holds,
         "max_ratio": (imbalance / bound).max(0).values,
     }
+
+
+def noise_exponent(svals: Tensor, r_star: int, mu: float, lead: int = 1) -> float:
+    """Heuristic error exponent ``2 (1 - ln(1 + mu s_{r*+1}) / ln(1 + mu s_lead))`` of small-init GD.
+
+    During the spectral phase (length ``~ ln(1/alpha) / ln(1 + mu s_lead)`` for the signal direction
+    ``lead`` to grow from ``alpha`` to ``O(1)``), the component of ``U_0`` outside the top-``r*``
+    eigenspace of ``Z`` grows by ``(1 + mu s_{r*+1})^t``, i.e. to ``alpha^(1 - rho)``; the error
+    ``~ ||noise||^2`` then scales like ``alpha^(2 (1 - rho))``.  ``lead = 1`` (fastest signal) gives an
+    upper, ``lead = r*`` (slowest signal) a lower estimate.  Not from the source: our diagnostic of
+    why the fitted slope depends on ``n`` (``s_{r*+1} -> 0`` as ``n -> infinity``, exponent ``-> 2``).
+
+    Args: ``svals`` singular values of ``Z`` (descending); ``r_star``; ``mu``; ``lead`` in ``1..r*``.
+    """
+    _validate.floating(svals, "svals", min_dim=1)
+    _validate.positive(mu, "mu")
+    if isinstance(r_star, bool) or not isinstance(r_star, int) or not 1 <= r_star < len(svals):
+        raise ValueError(f"`r_star` must be an integer in [1, {len(svals) - 1}], got {r_star!r}")
+    if isinstance(lead, bool) or not isinstance(lead, int) or not 1 <= lead <= r_star:
+        raise ValueError(f"`lead` must be an integer in [1, {r_star}], got {lead!r}")
+    rho = math.log1p(mu * float(svals[r_star])) / math.log1p(mu * float(svals[lead - 1]))
+    return 2.0 * (1.0 - rho)

@@ -6,6 +6,7 @@ Source convention throughout: ``W = W1 W2`` (``W1: d x h``, ``W2: h x m``) and
 
 from overparam.theory._operators import (
     LeastSquares,
+    compress_factors,
     product_update,
     tau,
     tau_extremes,
@@ -48,6 +49,7 @@ __all__ = [
     "adaptive_step",
     "adaptive_step_rho",
     "check_bounds",
+    "compress_factors",
     "condition_18",
     "eta_max",
     "f_coefficients",

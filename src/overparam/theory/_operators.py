@@ -137,3 +137,26 @@ def product_update(W1: Tensor, W2: Tensor, G: Tensor, eta: Tensor | float) -> Te
     e = e.reshape(*e.shape, 1, 1)
     W = W1 @ W2
     return W - e * tau(G, W1, W2) + e * e * (G @ W.mT @ G)
+
+
+def compress_factors(W1: Tensor, W2: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact width reduction of GD on ``W = W1 W2`` to hidden width ``r = min(h, d + m)``.
+
+    GD (eq. 1) adds ``-eta grad W2^T`` to ``W1`` (rows in the row space of ``W2^T``) and
+    ``-eta W1^T grad`` to ``W2`` (columns in the column space of ``W1^T``), so the subspace
+    ``V = range([W1(0)^T, W2(0)])`` of ``R^h`` (dimension ``<= d + m``) holds the rows of ``W1(t)``
+    and the columns of ``W2(t)`` for all ``t``.  With ``Q`` (``h x r``, orthonormal columns
+    spanning ``V``, from a QR factorisation), ``W1 = A Q^T`` and ``W2 = Q B`` with ``A = W1 Q``,
+    ``B = Q^T W2``, and GD on ``(A, B)`` is GD on ``(W1, W2)`` expressed in that basis: the
+    product, the loss, ``tau`` (hence its spectrum) and ``||D(t) - D(0)||_F`` (``D = Q D_AB Q^T``)
+    are identical at every step.  Returns the factors unchanged when ``h <= d + m``.
+
+    Returns:
+        ``(A, B)`` of shapes ``(..., d, r)`` and ``(..., r, m)``.
+    """
+    _pair(W1, W2)
+    d, h, m = W1.shape[-2], W1.shape[-1], W2.shape[-1]
+    if h <= d + m:
+        return W1, W2
+    Q = torch.linalg.qr(torch.cat([W1.mT, W2], dim=-1)).Q  # (..., h, d + m)
+    return W1 @ Q, Q.mT @ W2

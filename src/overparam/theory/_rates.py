@@ -6,11 +6,12 @@ Source: Xu, Tarmoun, Min, Mallada & Vidal 2023 (seed 002); notation and conventi
 
 Every rate here is a quartic ``q(eta) = 1 - b1 eta + b2 eta^2 + b3 eta^3 + b4 eta^4`` with
 ``b_i >= 0``; its minimiser over ``eta > 0`` and the roots of the polynomials (24) are the unique
-positive roots of increasing cubics, found by :func:`positive_root`.
+positive roots of increasing convex cubics, found by :func:`positive_root` (Newton).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,21 +28,31 @@ def quartic(eta: Tensor | float, b: Coefficients) -> Tensor:
     return 1 - b[0] * e + b[1] * e**2 + b[2] * e**3 + b[3] * e**4
 
 
-def positive_root(c1: Tensor, c2: Tensor, c3: Tensor, rhs: Tensor, iters: int = 200) -> Tensor:
-    """The unique ``eta > 0`` with ``c3 eta^3 + c2 eta^2 + c1 eta = rhs`` (all ``c_i >= 0``, ``c1 > 0``).
+def positive_root(c1: Tensor, c2: Tensor, c3: Tensor, rhs: Tensor, iters: int = 40) -> Tensor:
+    """The unique ``eta > 0`` with ``p(eta) = c3 eta^3 + c2 eta^2 + c1 eta = rhs`` (``c_i >= 0``, ``c1 > 0``).
 
-    The left side is 0 at 0 and strictly increasing, so the root lies in ``(0, rhs / c1]``; it is
-    found by bisection (vectorised, ``iters`` halvings: float64 resolution after ~60).
+    ``p`` is 0 at 0, increasing and convex on ``eta >= 0``.  Each term alone is ``<= rhs`` at the
+    root, so the root is ``<= u := min(rhs / c1, sqrt(rhs / c2), cbrt(rhs / c3))``; and
+    ``p(u / 3) <= (p_1(u) + p_2(u) + p_3(u)) / 3 <= rhs``, so it is ``>= u / 3``.  Newton's method
+    started at ``u`` decreases monotonically to the root (convexity) and converges quadratically
+    from within a factor 3: ``iters = 40`` reaches float64 resolution with a wide margin
+    (vectorised over the batch, no data-dependent stopping).
     """
     c1, c2, c3, rhs = torch.broadcast_tensors(*(torch.as_tensor(c) for c in (c1, c2, c3, rhs)))
     if bool((c1 <= 0).any()) or bool((rhs < 0).any()):
         raise ValueError("`c1` must be > 0 and `rhs` >= 0 for a unique positive root")
-    lo, hi = torch.zeros_like(rhs), rhs / c1
+    inf = torch.full_like(rhs, math.inf)
+    eta = torch.minimum(
+        rhs / c1,
+        torch.minimum(
+            torch.where(c2 > 0, torch.sqrt(rhs / c2), inf),
+            torch.where(c3 > 0, torch.pow(rhs / c3, 1 / 3), inf),
+        ),
+    )
     for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        above = ((c3 * mid + c2) * mid + c1) * mid > rhs
-        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
-    return 0.5 * (lo + hi)
+        value = ((c3 * eta + c2) * eta + c1) * eta - rhs
+        eta = eta - value / ((3 * c3 * eta + 2 * c2) * eta + c1)
+    return eta.clamp_min(0.0)
 
 
 def minimize_quartic(b: Coefficients) -> Tensor:

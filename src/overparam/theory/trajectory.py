@@ -205,23 +205,33 @@ def imbalance_slopes(
 ) -> dict[str, object]:
     """Fit the orders in ``eta`` of the imbalance drift (claim X1, eq. 12).
 
-    For each ``eta``: the first-step change ``||D(1) - D(0)||_F`` (exactly
-    ``eta^2 ||W2 g^T g W2^T - W1^T g g^T W1||_F``: order 2) and the total drift
-    ``max_t ||D(t) - D(0)||_F`` over ``ceil(horizon / eta)`` steps (order 1 when the loss decays
-    linearly: the per-step changes, ``O(eta^2 ||g_t||^2)``, sum to ``O(eta^2 / (eta mu)) = O(eta)``).
-    Returns the per-eta values (mean over the batch) and the two fitted slopes.
+    For each ``eta``, over ``T = ceil(horizon / eta)`` steps (a fixed time horizon):
+
+    - ``first_step``: ``||D(1) - D(0)||_F``, exactly
+      ``eta^2 ||W2 g^T g W2^T - W1^T g g^T W1||_F`` (order 2);
+    - ``per_step``: the mean over the ``T`` steps of ``||D(t+1) - D(t)||_F`` (order 2: every
+      step moves ``D`` by ``eta^2`` times a bounded quantity of the trajectory);
+    - ``total``: ``max_t ||D(t) - D(0)||_F`` (order 1 when the loss decays linearly: the per-step
+      changes, ``O(eta^2 ||g_t||^2)``, sum to ``O(eta^2 / (eta mu)) = O(eta)``).
+
+    Returns the per-eta values (mean over the batch) and the three fitted log-log slopes.
     """
     if len(etas) < 2:
         raise ValueError(f"`etas` must hold at least 2 step sizes, got {etas}")
-    first, total = [], []
+    _validate.positive(horizon, "horizon")
+    first, per_step, total = [], [], []
     for eta in etas:
+        _validate.positive(eta, "etas")
         traj = two_layer_gd(problem, W1, W2, int(math.ceil(horizon / eta)), float(eta))
         first.append(float(traj["D_step"][0].mean()))
+        per_step.append(float(traj["D_step"].mean()))
         total.append(float(traj["D_drift"].amax(0).mean()))
     return {
         "etas": list(etas),
         "first_step": first,
+        "per_step": per_step,
         "total": total,
         "slope_first_step": fit_slope(etas, first),
+        "slope_per_step": fit_slope(etas, per_step),
         "slope_total": fit_slope(etas, total),
     }

@@ -16,6 +16,7 @@ Gradients (backpropagation with the data collapsed into ``G = dL/dW_e``, Arora e
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 
 from overparam import _validate
+from overparam._threads import intra_op_threads
 from overparam.core.factorization import imbalance as _imbalance
 from overparam.core.losses import lp_residual_gradient
 from overparam.core.precondition import precondition
@@ -59,6 +61,29 @@ class TrainResult:
     imbalance: Tensor | None
     seconds: float
     watched: Tensor | None = None
+
+
+SMALL_STEP_MACS = 10**8
+
+
+def _threads(count: int | None, macs: int) -> contextlib.AbstractContextManager[None]:
+    """Intra-op threads for the loop (restored after).
+
+    ``None`` picks one thread when a step costs fewer than ``SMALL_STEP_MACS`` multiply-adds (see
+    :mod:`overparam._threads`) and keeps torch's setting otherwise; ``0`` keeps torch's setting.
+    """
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise ValueError(f"`threads` must be None or an integer >= 0, got {count!r}")
+    if count is None:
+        return intra_op_threads(1 if macs < SMALL_STEP_MACS else None)
+    return intra_op_threads(count or None)
+
+
+def _step_macs(X: Tensor, factors: Sequence[Tensor]) -> int:
+    """Multiply-adds of one step: two data products per configuration and the factor chain."""
+    k, m = factors[0].shape[0], factors[-1].shape[-2]
+    chain = sum(W.shape[-1] * W.shape[-2] for W in factors)
+    return k * (2 * X.shape[0] * X.shape[1] * m + 3 * m * chain)
 
 
 def _per_config(value: float | Sequence[float] | Tensor, k: int, name: str) -> Tensor:
@@ -320,6 +345,7 @@ def train(
     gram: bool = True,
     progress: Progress | None = None,
     watch: Callable[[Tensor], Tensor] | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train ``K`` deep linear networks ``x -> W_N ... W_1 x`` on ``lp_loss(X W_e^T, Y, p)`` at once.
 
@@ -342,6 +368,8 @@ def train(
         progress: ``ctx.progress``-like wrapper for the loop over recording intervals.
         watch: a function of the batched end-to-end matrix ``(K, m, d) -> (K, ...)`` recorded at
             the recording steps (``TrainResult.watched``).
+        threads: intra-op threads for the loop; ``None``: one thread for small steps (see
+            ``SMALL_STEP_MACS``), else torch's setting; ``0``: torch's setting.
 
     Returns:
         A :class:`TrainResult`.
@@ -371,7 +399,7 @@ def train(
         _opt.apply_update(optimizer, b.params, grads, b.state, b.lrs, hp)
 
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), _threads(threads, _step_macs(X, params)):
         out = _loop(problem, batch, step, record_at, blowup, track_imbalance, progress, watch)
     return _result(record_at, out, inverse, time.perf_counter() - start)
 
@@ -411,6 +439,7 @@ def emulate(
     record: Sequence[int] | None = None,
     blowup: float = 1e4,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """The end-to-end rule on one matrix: ``W <- W - lr A_{N,W}(dL/dW)`` for ``K`` configurations.
 
@@ -437,6 +466,6 @@ def emulate(
         We.sub_(b.lrs[0] * precondition(We, problem.gradient(We), n))
 
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), _threads(threads, _step_macs(X, [W])):
         out = _loop(problem, batch, step, record_at, blowup, False, progress)
     return _result(record_at, out, inverse, time.perf_counter() - start)
