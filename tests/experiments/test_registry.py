@@ -13,7 +13,7 @@ def test_every_issue_experiment_is_registered():
         "gd-rate", "xu-figure1", "xu-init-table", "xu-imbalance", "tarmoun-conservation",
         "tarmoun-spectral", "tarmoun-general", "tarmoun-symmetric", "sensing-alpha",
         "sensing-phases", "sensing-samples", "overparam-least-squares", "lazy-vs-rich",
-        "relu-features", "mnist-convnet",
+        "relu-features", "mnist-convnet", "scalar-warmup",
     }  # fmt: skip
     assert wanted <= set(NAMES), sorted(wanted - set(NAMES))
 
