@@ -50,6 +50,20 @@ def test_steps_to_reach_and_speedups():
     assert out["window"] == 10 and out["target_loss"] == 1.0
 
 
+def test_scale_note_names_the_measured_scale():
+    device = {"device": "cpu"}
+    full = exp._scale_note(dict(exp.FULL), device)
+    assert full.startswith("; measured at the source's scale") and "9370 steps" in full
+    one = exp._scale_note({**exp.FULL, "epochs": 1}, device)
+    assert (
+        "the source's architecture, all 60000 training images, 1 of the source's 10 epochs" in one
+    )
+    assert "937 steps of batch 64" in one and "source's scale (" not in one
+    quick = exp._scale_note(dict(exp.QUICK), device)
+    assert "a reduced network" in quick and "a subset of the training images" in quick
+    assert "3 of the source's 10 epochs" in quick
+
+
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"MNIST data directory {DATA} is absent")
 def test_tiny_run_judge_plot(tmp_path, monkeypatch):
     monkeypatch.setenv("OVERPARAM_DATA", str(DATA.parent))
@@ -64,3 +78,32 @@ def test_tiny_run_judge_plot(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"`train_size` must be >= batch_size 64, got 10"):
         exp.run({**exp.QUICK, **TINY, "train_size": 10}, None)  # type: ignore[arg-type]
     assert isinstance(exp.convnet([4, 8], 32, 0.5, torch.Generator())[-1], nn.Linear)
+
+
+class _Resumed:
+    """A run context whose store already holds the ``original`` variant."""
+
+    def __init__(self, stored: dict) -> None:
+        self.stored, self.keys = stored, []
+
+    def cached(self, key, config, compute):
+        self.keys.append(key)
+        return self.stored if key == "original" else compute()
+
+    def progress(self, items, total=None, desc=""):
+        return items
+
+    def log(self, message):
+        pass
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"MNIST data directory {DATA} is absent")
+def test_variants_are_resumable_sub_results(monkeypatch):
+    monkeypatch.setenv("OVERPARAM_DATA", str(DATA.parent))
+    stored = {"params": -1, "marker": "from the store"}
+    ctx = _Resumed(stored)
+    out = exp.run({**exp.QUICK, **TINY, "train_size": 128, "test_size": 64}, ctx)
+    assert ctx.keys == list(exp.VARIANTS)
+    assert out["variants"]["original"] == stored  # reused, not retrained
+    assert out["variants"]["end_to_end"]["params"] == dense_params([4, 8], 32, False)
+    assert "collapse" not in out["variants"]["overparameterized"] and out["collapse"]["params"] > 0

@@ -74,6 +74,38 @@ def test_reduced_precondition_batched_real_depth_equals_core(gen):
         reduced_precondition(torch.zeros(3), torch.zeros(3), 2)
 
 
+@pytest.mark.parametrize("shape", [(5, 6), (6, 5), (4, 7), (7, 4), (6, 6)])
+@pytest.mark.parametrize("depth", [1, 2, 3, 2.5])
+def test_direction_unchanged_by_routing(gen, shape, depth):
+    """Both sides of the 1.25 aspect-ratio switch (and square) give core ``precondition``'s
+    result: full rank, rank 2, and W = 0 (A = G at depth 1, A = 0 beyond: 0^(positive) = 0)."""
+    m, n = shape
+    full = torch.randn(shape, generator=gen, dtype=torch.float64)
+    low = torch.randn(m, 2, generator=gen, dtype=torch.float64) @ torch.randn(
+        2, n, generator=gen, dtype=torch.float64
+    )
+    for W in (full, low, torch.zeros(shape, dtype=torch.float64)):
+        G = torch.randn(shape, generator=gen, dtype=torch.float64)
+        (ours,) = end_to_end_direction([W], [G], depth)
+        # same operator, different factorizations (QR + square SVD vs one SVD): rounding only,
+        # ~1e-15 relative; 1e-12 absolute on O(1) entries
+        assert torch.allclose(ours, precondition(W, G, depth), atol=1e-12, rtol=0)
+        assert torch.allclose(reduced_precondition(W, G, depth), ours, atol=1e-12, rtol=0)
+
+
+def test_reduced_step_unchanged_in_float32_at_convnet_aspect(gen):
+    """A float32 EndToEndSGD step on a 32 x 196 weight (the 512 x 3136 dense layer's aspect ratio)
+    equals the step with the unreduced core operator in float64, to float32 rounding."""
+    W = nn.Parameter(0.1 * torch.randn(32, 196, generator=gen))
+    G = torch.randn(32, 196, generator=gen)
+    start = W.detach().double().clone()
+    W.grad = G.clone()
+    EndToEndSGD([W], lr=0.01, depth=2, momentum=0.9).step()
+    ref = start - 0.01 * precondition(start, G.double(), 2)
+    # float32 QR/SVD of a 32 x 196 matrix: relative error ~1e-6 of the O(1) direction, times lr
+    assert torch.allclose(W.detach().double(), ref, atol=1e-7, rtol=0)
+
+
 def test_depth_one_is_torch_sgd(gen):
     """depth=1: the same trajectory as torch.optim.SGD with momentum and weight decay."""
     a = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
