@@ -194,3 +194,25 @@ def test_cuda_matches_cpu(gen):
         torch.testing.assert_close(got.cpu(), expected, rtol=1e-10, atol=1e-10)
     factors = balanced_factors(W.cuda(), 3, widths=50)
     torch.testing.assert_close(product(factors).cpu(), W, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(4, 13), (13, 4), (5, 7), (32, 196)])
+@pytest.mark.parametrize("depth", [2, 3, 2.5, 7.0])
+def test_lopsided_path_equals_direct_svd_path(gen, shape, depth):
+    """One side > 1.25x the other goes through QR + a square SVD (orthogonal equivariance); it is
+    the same operator as the direct SVD path: batched, full rank, rank 2 and zero."""
+    from overparam.core.precondition import _apply
+
+    m, n = shape
+    low = torch.randn(3, m, 2, generator=gen, dtype=F64) @ torch.randn(
+        3, 2, n, generator=gen, dtype=F64
+    )
+    for W in (torch.randn(3, m, n, generator=gen, dtype=F64), low, torch.zeros(3, m, n, dtype=F64)):
+        G = torch.randn(3, m, n, generator=gen, dtype=F64)
+        # two exact factorizations of one operator: rounding of a QR and two SVDs, ~1e-14 relative
+        torch.testing.assert_close(
+            precondition(W, G, depth),
+            _apply(W, G, float(depth), inverse=False),
+            rtol=1e-11,
+            atol=1e-11,
+        )

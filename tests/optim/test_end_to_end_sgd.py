@@ -13,7 +13,6 @@ from overparam.optim import (
     EndToEndSGD,
     end_to_end_direction,
     end_to_end_sgd,
-    reduced_precondition,
 )
 
 
@@ -47,33 +46,6 @@ def test_direction_matches_naive_formula_with_conv_reshape(gen):
     assert torch.allclose(dW2, naive(W2, g2, 3), atol=1e-10)
 
 
-@pytest.mark.parametrize("shape", [(3, 11), (11, 3), (4, 9)])
-@pytest.mark.parametrize("depth", [2, 3, 4])
-def test_reduced_precondition_matches_naive_formula(gen, shape, depth):
-    """The QR reduction (orthogonal equivariance) is exact: full rank and rank 2, wide and tall."""
-    W = torch.randn(shape, generator=gen, dtype=torch.float64)
-    low = torch.randn(shape[0], 2, generator=gen, dtype=torch.float64) @ torch.randn(
-        2, shape[1], generator=gen, dtype=torch.float64
-    )
-    for M in (W, low):
-        G = torch.randn(shape, generator=gen, dtype=torch.float64)
-        # eigh powers of Gram matrices (condition number squared): 1e-9 on these draws
-        assert torch.allclose(reduced_precondition(M, G, depth), naive(M, G, depth), atol=1e-9)
-
-
-def test_reduced_precondition_batched_real_depth_equals_core(gen):
-    """Real depth (closed form) and a batch: the same operator as one full-size precondition."""
-    W = torch.randn(3, 4, 13, generator=gen, dtype=torch.float64)
-    G = torch.randn(3, 4, 13, generator=gen, dtype=torch.float64)
-    for depth in (1.0, 2.5, 7.0):
-        # both are exact; they differ by the rounding of one QR and two SVDs (~1e-14 relative)
-        assert torch.allclose(
-            reduced_precondition(W, G, depth), precondition(W, G, depth), atol=1e-12
-        )
-    with pytest.raises(ValueError, match=r"`W` must have at least 2 dimensions, got shape \(3,\)"):
-        reduced_precondition(torch.zeros(3), torch.zeros(3), 2)
-
-
 @pytest.mark.parametrize("shape", [(5, 6), (6, 5), (4, 7), (7, 4), (6, 6)])
 @pytest.mark.parametrize("depth", [1, 2, 3, 2.5])
 def test_direction_unchanged_by_routing(gen, shape, depth):
@@ -90,12 +62,11 @@ def test_direction_unchanged_by_routing(gen, shape, depth):
         # same operator, different factorizations (QR + square SVD vs one SVD): rounding only,
         # ~1e-15 relative; 1e-12 absolute on O(1) entries
         assert torch.allclose(ours, precondition(W, G, depth), atol=1e-12, rtol=0)
-        assert torch.allclose(reduced_precondition(W, G, depth), ours, atol=1e-12, rtol=0)
 
 
-def test_reduced_step_unchanged_in_float32_at_convnet_aspect(gen):
+def test_float32_step_at_convnet_aspect(gen):
     """A float32 EndToEndSGD step on a 32 x 196 weight (the 512 x 3136 dense layer's aspect ratio)
-    equals the step with the unreduced core operator in float64, to float32 rounding."""
+    equals the float64 step, to float32 rounding."""
     W = nn.Parameter(0.1 * torch.randn(32, 196, generator=gen))
     G = torch.randn(32, 196, generator=gen)
     start = W.detach().double().clone()

@@ -4,12 +4,10 @@ from overparam.optim._end_to_end_sgd import (
     EndToEndSGD,
     end_to_end_direction,
     end_to_end_sgd,
-    reduced_precondition,
 )
 
 __all__ = [
     "EndToEndSGD",
     "end_to_end_direction",
     "end_to_end_sgd",
-    "reduced_precondition",
 ]

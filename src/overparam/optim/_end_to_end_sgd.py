@@ -21,64 +21,7 @@ import torch
 from torch import Tensor
 
 from overparam import _validate
-from overparam.core.precondition import _drop_rounding, precondition, precondition_coefficients
-
-
-def reduced_precondition(W: Tensor, G: Tensor, depth: float) -> Tensor:
-    """``A_{N,W}(G)`` of a wide ``W`` (``m <= n``) from a QR of ``W^T`` and an ``m x m`` SVD.
-
-    With ``W^T = Q R`` (reduced QR, ``Q`` of shape ``n x m``) and ``R^T = U diag(s) V_R^T`` (SVD),
-    ``W = U diag(s) (Q V_R)^T`` is an SVD of ``W``.  The operator is orthogonally equivariant,
-    ``A_{N,WO}(GO) = A_{N,W}(G) O`` with ``O = [Q, Q_perp]``, and on ``W O = [R^T, 0]`` it acts
-    blockwise: ``A_{N,R^T}`` on the first ``m`` columns and ``M = (W W^T)^((N-1)/N)`` (the
-    null-space coefficient, ``0^0 = 1``) on the rest.  Hence, exactly for any rank,
-
-        A_{N,W}(G) = A_{N,R^T}(G Q) Q^T + M (G - G Q Q^T)
-                   = U ((a_ik - c_i) * (U^T G Q V_R)_ik) V_R^T Q^T + M G,
-
-    with ``a_ik = a(s_i, s_k)`` (:func:`overparam.core.precondition_coefficients`),
-    ``c_i = a(s_i, 0) = s_i^(2(N-1)/N)`` and ``M = U diag(c) U^T``.  Cost: one QR of ``n x m``,
-    one SVD of ``m x m`` and three ``m x m x n`` products (a 512 x 3136 dense layer: about 3x
-    cheaper than :func:`precondition` on one CPU thread).  Singular values below
-    ``max(m, n) eps s_max`` are zeros, as in :func:`precondition`.  A tall ``W`` uses
-    ``A_{N,W}(G) = A_{N,W^T}(G^T)^T``.  Batched.
-
-    Args:
-        W: matrices ``(..., m, n)``.
-        G: directions, same shape.
-        depth: the depth ``N >= 1``.
-
-    Returns:
-        ``A_{N,W}(G)`` (Arora, Cohen & Hazan 2018, Theorem 1), shape ``(..., m, n)``.
-    """
-    _validate.same_shape(W, G, "W", "G")
-    if W.dim() < 2:
-        raise ValueError(f"`W` must have at least 2 dimensions, got shape {tuple(W.shape)}")
-    m, n = W.shape[-2], W.shape[-1]
-    if m > n:
-        return reduced_precondition(W.mT, G.mT, depth).mT
-    N = _validate.depth(depth)
-    Q, R = torch.linalg.qr(W.mT)
-    U, s, VRh = torch.linalg.svd(R.mT)
-    s = _drop_rounding(s, m, n, W.dtype)
-    a = precondition_coefficients(s.unsqueeze(-1), s.unsqueeze(-2), N)
-    c = precondition_coefficients(s, torch.zeros_like(s), N)
-    core = U.mT @ (G @ Q) @ VRh.mT
-    inner = U @ ((a - c.unsqueeze(-1)) * core) @ VRh
-    M = (U * c.unsqueeze(-2)) @ U.mT
-    return inner @ Q.mT + M @ G
-
-
-def _direction(W: Tensor, G: Tensor, depth: float) -> Tensor:
-    """:func:`precondition`, or :func:`reduced_precondition` when the long side > 1.25x the short.
-
-    The two are the same operator; their CPU costs (one thread, float32, 256 x 300 to 512 x 1024)
-    cross at an aspect ratio of about 1.25.
-    """
-    m, n = W.shape[-2], W.shape[-1]
-    if 4 * max(m, n) > 5 * min(m, n):
-        return reduced_precondition(W, G, depth)
-    return precondition(W, G, depth)
+from overparam.core.precondition import precondition
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
@@ -90,8 +33,7 @@ def end_to_end_direction(params: list[Tensor], grads: list[Tensor], depth: float
     """``A_{N,W}(G)`` for every ``(W, G)`` with ``W.ndim >= 2``; ``G`` unchanged otherwise.
 
     ``W`` of shape ``(m, ...)`` is read as the matrix ``(m, prod(rest))``.  Parameters of equal
-    shape, dtype and device are stacked and preconditioned in one batched call (one batched SVD);
-    matrices with one side more than 1.25x the other go through :func:`reduced_precondition`.
+    shape, dtype and device are stacked and preconditioned in one batched call (one batched SVD).
 
     Args:
         params: the current parameters ``W``.
@@ -116,7 +58,7 @@ def end_to_end_direction(params: list[Tensor], grads: list[Tensor], depth: float
         rows = shape[0]
         W = _stack([params[i].detach().reshape(rows, -1) for i in idx])
         G = _stack([grads[i].reshape(rows, -1) for i in idx])
-        D = _direction(W, G, n)
+        D = precondition(W, G, n)
         for k, i in enumerate(idx):
             out[i] = D[k].reshape(shape)
     return out
