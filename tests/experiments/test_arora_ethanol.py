@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from overparam.engine import get, run_experiment
-from overparam.experiments.arora_ethanol import judge_vs_adaptive
+from overparam.experiments.arora_ethanol import judge_vs_adaptive, next_divergence
 from overparam.models.deep_linear import initial_factors
 from overparam.training import select_fastest, stack_configs, train
 
@@ -57,6 +57,22 @@ def test_lp_depth_reports_divergence_checkpoints_and_l_star(tmp_path):
     assert 5e-2 in curves["l4"]["depth"]["1"]["diverged_lrs"] and m["l4_lr"]["1"] == 1e-3
     assert m["samples"] == 1316 and set(m["l4_checkpoints"]["1"]) == {"300"}
     assert curves["l4"]["L*"] > 0 and all(g > 0 for g in curves["l4"]["depth"]["1"]["gap"])
+    # the step at which 5e-2 diverged is a recorded step of the run; the stable 1e-3 has none
+    step = curves["l4"]["depth"]["1"]["diverged_step_per_lr"][1]
+    assert curves["l4"]["depth"]["1"]["diverged_step_per_lr"][0] is None
+    assert step in curves["l4"]["steps"] and step > 0
+    assert m["next_rate_diverged_at"]["l4"]["1"] == [5e-2, step]
+
+
+def test_next_divergence_is_the_smallest_diverged_rate_above_the_selected_one():
+    rates = [1e-3, 2e-3, 3e-3, 4e-3]
+    curve = {"depth": {"2": {"lr": 2e-3, "diverged_step_per_lr": [500, None, 900, 100]}}}
+    # 1e-3 diverged too but lies below the selected rate; 3e-3 is the next one above
+    assert next_divergence(curve, 2, rates) == [3e-3, 900]
+    curve["depth"]["2"]["diverged_step_per_lr"] = [None, None, None, None]
+    assert next_divergence(curve, 2, rates) is None
+    every = {"depth": {"1": {"lr": None, "diverged_step_per_lr": [7, 5, 3, 1]}}}
+    assert next_divergence(every, 1, rates) == [1e-3, 7]
 
 
 def _adaptive_metrics(gaps: dict[str, float | None]) -> dict:
@@ -88,6 +104,9 @@ def test_vs_adaptive_judge_fails_a_method_whose_every_rate_diverged():
     gaps = {"gd3": 0.1, "adagrad1": 0.2, "adadelta1": 0.3, "adam1": 0.05, "adam2": 0.04}
     (ok,) = judge_vs_adaptive(config, _adaptive_metrics({**gaps, "adam3": 0.03}))
     assert ok.reproduced and ok.measured["final_gap"]["adadelta1"] == 0.3
+    # the last step (10) is the only checkpoint of a 10-step run; no rate diverged
+    assert ok.measured["checkpoints"]["gd3"] == {"10": 0.1}
+    assert ok.measured["next_rate_diverged_at"]["adam2"] is None
     (bad,) = judge_vs_adaptive(
         config, _adaptive_metrics({**gaps, "adadelta1": None, "adam3": 0.03})
     )
