@@ -149,11 +149,25 @@ def _lazy_width(cfg: Config, m: int, g: torch.Generator) -> dict[str, Any]:
     lr = cfg["lr_factor"] * cfg["n"] / (lam * s["alphas"].clamp_min(1.0) ** 2)
     record = log_steps(cfg["steps"], cfg["points"])
     out = two_layer_gd(s["W0"], s["a0"], s["X"], s["y"], lr, cfg["steps"], record, scale)
-    dW, da = out["W"] - s["W0"], out["a"] - s["a0"]
     norm0 = torch.sqrt(s["W0"].pow(2).sum((-2, -1)) + s["a0"].pow(2).sum(-1))
-    change = torch.sqrt(dW.pow(2).sum((-2, -1)) + da.pow(2).sum(-1)) / norm0  # (R, S, A)
-    gap = linearization_gap(s["W0"], s["a0"], out["W"], out["a"], s["X"], scale)
-    gap = torch.linalg.vector_norm(gap, dim=-1) / torch.linalg.vector_norm(s["y"], dim=-1)
+    # one recorded step at a time: the whole trajectory at once needs R x (S, A, n, m) temporaries
+    change = (
+        torch.stack(
+            [
+                torch.sqrt((W - s["W0"]).pow(2).sum((-2, -1)) + (a - s["a0"]).pow(2).sum(-1))
+                for W, a in zip(out["W"], out["a"], strict=True)
+            ]
+        )
+        / norm0
+    )  # (R, S, A)
+    gap = torch.stack(
+        [
+            torch.linalg.vector_norm(
+                linearization_gap(s["W0"], s["a0"], W, a, s["X"], scale), dim=-1
+            )
+            for W, a in zip(out["W"], out["a"], strict=True)
+        ]
+    ) / torch.linalg.vector_norm(s["y"], dim=-1)
     K0 = ntk_gram(s["W0"], s["a0"], s["X"], scale)
     KT = ntk_gram(out["W"][-1], out["a"][-1], s["X"], scale)
     kernel = torch.linalg.matrix_norm(KT - K0) / torch.linalg.matrix_norm(K0)
