@@ -2,7 +2,7 @@
 
 import pytest
 
-from overparam.engine import get, run_experiment
+from overparam.engine import get
 
 TINY = {
     "overparam-least-squares": {
@@ -32,15 +32,9 @@ TINY = {
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_run_judge_plot_tiny(tmp_path, name):
-    summary = run_experiment(name, "quick", TINY[name], out=tmp_path, quiet=True)
-    claims = {c["id"]: c for c in summary["claims"]}
-    assert set(claims) == {c.id for c in get(name).claims}
-    for claim in claims.values():
-        assert claim["measured"] is not None, claim
-        # the tiny configs keep each claim's regime (checked numbers are in the notes)
-        assert claim["reproduced"] is True, claim["note"]
-    assert summary["figures"] and all((tmp_path / name / f).exists() for f in summary["figures"])
+def test_run_judge_plot_tiny(tmp_path, tiny_run, name):
+    # the tiny configs keep each claim's regime (checked numbers are in the notes)
+    tiny_run(name, TINY[name], tmp_path, all_reproduced=True)
 
 
 def test_tiny_configs_only_override_preset_keys():

@@ -38,12 +38,8 @@ TINY = {
 
 
 @pytest.mark.parametrize("name", list(TINY))
-def test_run_judge_plot_tiny(tmp_path, name):
-    summary = run_experiment(name, overrides=TINY[name], out=tmp_path, quiet=True, plots=True)
-    claims = {c["id"]: c for c in summary["claims"]}
-    assert set(claims) == {c.id for c in get(name).claims}
-    assert all(c["measured"] is not None for c in claims.values())
-    assert summary["figures"]
+def test_run_judge_plot_tiny(tmp_path, tiny_run, name):
+    tiny_run(name, TINY[name], tmp_path)
 
 
 def test_balancing_holds_and_gd_follows_power_method(tmp_path):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from overparam.engine import get, run_experiment
+from overparam.engine import run_experiment
 from overparam.experiments._xu_common import first_hit
 from overparam.experiments._xu_table import SOURCE_TABLE, _mean_iters, _scores
 
@@ -33,12 +33,8 @@ TINY = {
 
 
 @pytest.mark.parametrize("name", list(TINY))
-def test_run_judge_plot_tiny(tmp_path, name):
-    summary = run_experiment(name, overrides=TINY[name], out=tmp_path, quiet=True, plots=True)
-    claims = {c["id"]: c for c in summary["claims"]}
-    assert set(claims) == {c.id for c in get(name).claims}
-    assert all(c["measured"] is not None for c in claims.values())
-    assert summary["figures"]
+def test_run_judge_plot_tiny(tmp_path, tiny_run, name):
+    tiny_run(name, TINY[name], tmp_path)
 
 
 def test_figure1_identities_hold(tmp_path):
