@@ -172,3 +172,13 @@ def test_declared_threads_validated():
     with pytest.raises(ValueError, match=r"`threads` must be None or an integer >= 1, got 0"):
         with intra_op_threads(0):
             pass
+
+
+def test_compact_cells_for_the_claims_table():
+    from overparam.engine.report import compact, format_table
+
+    value = {"steps": 50000, "l2": {"1": 0.016896352802125314}, "ok": True, "v": [1.0, None]}
+    assert compact(value) == "steps=50000 l2.1=0.0169 ok=yes v=[1, -]"
+    row = {"id": "A8", "experiment": "lp-depth", "source": "3.7e-2", "measured": value}
+    table = format_table([{**row, "reproduced": False}], width=20)
+    assert "steps=50000 l2.1=0.…" in table and table.rstrip().endswith("NO")  # 20 chars

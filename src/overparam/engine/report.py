@@ -7,16 +7,34 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-def _short(value: Any, width: int) -> str:
+def compact(value: Any) -> str:
+    """A measured value for a table cell: numbers to 3 significant digits, nested mappings as
+    ``key=value`` pairs (``outer.inner=...``), lists in brackets; ``None`` as ``-``."""
     if value is None:
-        text = "-"
-    elif isinstance(value, float):
-        text = f"{value:.4g}"
-    elif isinstance(value, str):
-        text = value
-    else:
-        text = json.dumps(value, separators=(",", ":"), default=str)
-    text = " ".join(text.split())
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return " ".join(_pairs(value, ""))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(compact(v) for v in value) + "]"
+    return json.dumps(value, default=str)
+
+
+def _pairs(mapping: Mapping[str, Any], prefix: str) -> list[str]:
+    out = []
+    for key, v in mapping.items():
+        name = f"{prefix}{key}"
+        out += _pairs(v, name + ".") if isinstance(v, Mapping) else [f"{name}={compact(v)}"]
+    return out
+
+
+def _short(value: Any, width: int) -> str:
+    text = " ".join(compact(value).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
