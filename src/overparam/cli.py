@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # bad arguments or data; a failed download
         print(f"overparam: error: {error}", file=sys.stderr)
         return 2
 

@@ -182,3 +182,21 @@ def test_compact_cells_for_the_claims_table():
     row = {"id": "A8", "experiment": "lp-depth", "source": "3.7e-2", "measured": value}
     table = format_table([{**row, "reproduced": False}], width=20)
     assert "steps=50000 l2.1=0.…" in table and table.rstrip().endswith("NO")  # 20 chars
+
+
+def test_cli_reports_missing_data_without_traceback(tmp_path, monkeypatch, capsys):
+    """Offline and no data: a one-line error naming the URL, exit status 2."""
+
+    def offline(url, dest, timeout=60.0):
+        raise OSError(f"could not download {url} to {dest}: offline")
+
+    monkeypatch.setenv("OVERPARAM_DATA", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    import sys
+
+    import overparam.datasets  # noqa: F401  (the package re-exports the function under the module's name)
+
+    monkeypatch.setattr(sys.modules["overparam.datasets.gas_sensor"], "download", offline)
+    assert main(["run", "deep-init", "--quick", "--out", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("overparam: error: could not download https://archive.ics.uci.edu")
