@@ -1,17 +1,23 @@
-"""The ``overparam`` command line: list, run and reproduce the registered experiments."""
+"""The ``overparam`` command line: list, run, reproduce and sweep the registered experiments, and
+write the report; ``--workers N`` / ``--scheduler ADDRESS`` run on a Dask cluster."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
-from overparam.engine.registry import experiments
-from overparam.engine.report import claim_rows, format_table, tally
+from overparam.engine.batch import Outcome, Request, run_requests
+from overparam.engine.html_report import write_report
+from overparam.engine.registry import experiments, get
+from overparam.engine.report import claim_rows, format_table, tally, write_claims
 from overparam.engine.runner import DEFAULT_OUT, parse_overrides, run_experiment
+from overparam.engine.sweep import format_rows, parse_grid, run_sweep
 
 
 def _preset(args: argparse.Namespace) -> str:
@@ -27,6 +33,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip figures")
 
 
+def _add_cluster(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--workers", type=int, metavar="N", help="run on a local Dask cluster of N worker processes"
+    )
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on the Dask cluster at ADDRESS (tcp://host:8786)",
+    )
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     for name, experiment in experiments().items():
         ids = ",".join(c.id for c in experiment.claims)
@@ -35,17 +53,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    summary = run_experiment(
-        args.name,
-        _preset(args),
-        parse_overrides(args.set or []),
-        args.out,
-        force=args.force,
-        plots=not args.no_plots,
-    )
+    overrides = parse_overrides(args.set or [])
+    try:
+        summary = run_experiment(
+            args.name, _preset(args), overrides, args.out, force=args.force, plots=not args.no_plots
+        )
+    except (ValueError, OSError):  # bad input or data: exit 2 in main
+        raise
+    except Exception as error:  # the experiment itself failed
+        _close_progress_bars()
+        print(f"overparam: error: {args.name} failed: {_reason(error)}", file=sys.stderr)
+        return 1
     rows = claim_rows([summary])
     state = "from the store" if summary["cached"] else f"in {summary['seconds']:.1f} s"
-    print(f"{args.name} ({summary['preset']}) {state} -> {args.out / args.name}")
+    print(
+        f"{args.name} ({summary['preset']}) {state} -> {args.out / summary.get('directory', args.name)}"
+    )
     print(format_table(rows))
     print(tally(rows))
     return 0
@@ -53,32 +76,83 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     names = args.only or list(experiments())
-    summaries, failures = [], []
+    for name in names:  # a misspelt name is bad input, found before anything runs
+        get(name)
     start = time.perf_counter()
-    for name in names:
-        begin = time.perf_counter()
-        try:
-            summary = run_experiment(
-                name, _preset(args), None, args.out, force=args.force, plots=not args.no_plots
-            )
-        except Exception as error:  # one broken experiment must not lose the others
-            failures.append((name, f"{type(error).__name__}: {error}"))
-            print(f"{name}: FAILED {type(error).__name__}: {error}", file=sys.stderr)
-            continue
-        summaries.append(summary)
-        state = "stored" if summary["cached"] else f"{time.perf_counter() - begin:.1f} s"
-        print(f"{name}: {state}", file=sys.stderr, flush=True)
+
+    def progress(outcome: Outcome) -> None:
+        name, summary = outcome.request.name, outcome.summary
+        if summary is None:
+            print(f"{name}: FAILED {outcome.error}", file=sys.stderr, flush=True)
+        else:
+            state = "stored" if summary["cached"] else f"{summary['seconds']:.1f} s"
+            print(f"{name}: {state}", file=sys.stderr, flush=True)
+
+    requests = [Request(name, _preset(args)) for name in names]
+    with _cluster(args) as client:
+        outcomes = run_requests(
+            requests,
+            args.out,
+            client=client,
+            force=args.force,
+            plots=not args.no_plots,
+            on_outcome=progress,
+        )
+    summaries = [o.summary for o in outcomes if o.summary is not None]
+    failures = [(o.request.name, o.error) for o in outcomes if o.summary is None]
     rows = claim_rows(summaries)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "claims.json").write_text(json.dumps(rows, indent=2))
-    (args.out / "claims.md").write_text(format_table(rows, markdown=True) + "\n")
+    merged = write_claims(args.out, rows, list(experiments()))
     print(format_table(rows))
     print(
         f"{tally(rows)}; {len(failures)} experiment(s) failed; {time.perf_counter() - start:.0f} s"
     )
     for name, message in failures:
         print(f"FAILED {name}: {message}")
+    print(f"claims ({len(merged)} rows, full values): {args.out / 'claims.md'}")
+    if summaries:
+        print(f"report: {write_report(args.out)}")
     return 1 if failures else 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    grid = parse_grid(args.grid or [])
+    with _cluster(args) as client:
+        result = run_sweep(
+            args.name,
+            grid,
+            _preset(args),
+            args.out,
+            client=client,
+            force=args.force,
+            plots=not args.no_plots,
+            metric=args.metric,
+        )
+    print(format_rows(result["rows"]))
+    points, failed = len(result["rows"]), len(result["failures"])
+    print(f"{points} point(s), {failed} failed; table and figure: {', '.join(result['files'])}")
+    for overrides, message in result["failures"]:
+        print(f"FAILED {overrides}: {message}")
+    return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace) -> Iterator[Any]:
+    """A Dask client for ``--workers N`` / ``--scheduler ADDRESS``, else ``None`` (serial)."""
+    if args.workers is None and args.scheduler is None:
+        yield None
+        return
+    from overparam.engine.distributed import close_client, open_client
+
+    client = open_client(args.workers, args.scheduler)
+    try:
+        yield client
+    finally:
+        close_client(client)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    print(write_report(args.out))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,17 +169,84 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="run every experiment and print the claims table")
     rep.add_argument("--only", nargs="+", metavar="NAME", help="restrict to these experiments")
     _add_common(rep)
+    _add_cluster(rep)
     rep.set_defaults(func=_cmd_reproduce)
+    swp = sub.add_parser("sweep", help="run an experiment over a grid of config overrides")
+    swp.add_argument("name")
+    swp.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2,...",
+        required=True,
+        help="values of one config key (repeat for a Cartesian product)",
+    )
+    swp.add_argument(
+        "--metric", help="measured value to plot, as 'CLAIM:path' (default: the first number)"
+    )
+    _add_common(swp)
+    _add_cluster(swp)
+    swp.set_defaults(func=_cmd_sweep)
+    html = sub.add_parser(
+        "report", help="write OUT/report.html from the stored runs (no experiment is rerun)"
+    )
+    html.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output root (default: runs)")
+    html.set_defaults(func=_cmd_report)
     return parser
 
 
+def _reason(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Print a warning as one line, without the source line that raised it."""
+    text = " ".join(str(message).split())
+    print(f"overparam: warning: {text}", file=file or sys.stderr, flush=True)
+
+
+def _close_progress_bars() -> None:
+    """Clear the progress bars a failed or interrupted run left open, so its last line is ours."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    out = getattr(args, "out", None)
+    if out is None or args.command not in ("run", "reproduce", "sweep"):
+        return "overparam: interrupted"
+    return (
+        f"overparam: interrupted; finished results are kept in {out} (store.sqlite and the run "
+        "directories); rerun the same command to resume"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; exit status 0, 1 (an experiment failed), 2 (bad input), 130 (Ctrl-C).
+
+    Every fault ends in one line on stderr; warnings print as ``overparam: warning: ...``.
+    """
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ValueError, OSError) as error:  # bad arguments or data; a failed download
-        print(f"overparam: error: {error}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args))
+        except (ValueError, OSError) as error:  # bad arguments or data; a failed download
+            _close_progress_bars()
+            print(f"overparam: error: {' '.join(str(error).split())}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            _close_progress_bars()
+            print(_interrupted(args), file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -74,8 +74,15 @@ def test_run_writes_files_and_caches(tmp_path):
     }
     assert summary["claims"][1]["reproduced"] is False  # a claim without verdict is not reproduced
     assert not summary["cached"] and CALLS == {"run": 1, "sub": 1}
-    directory = tmp_path / "engine-toy"
-    for name in ("config.json", "metrics.json", "summary.json", "curve.png", "curve.pdf"):
+    directory = tmp_path / "engine-toy" / "quick"
+    for name in (
+        "config.json",
+        "metrics.json",
+        "summary.json",
+        "run.json",
+        "curve.png",
+        "curve.pdf",
+    ):
         assert (directory / name).is_file()
     stored = json.loads((directory / "summary.json").read_text())
     assert stored["experiment"] == "engine-toy" and stored["preset"] == "quick"
@@ -131,12 +138,16 @@ def test_log_steps():
     assert steps[0] == 0 and steps[-1] == 10**6 and steps == sorted(set(steps))
     assert 60 < len(steps) <= 102
     assert log_steps(0) == [0]
+    with pytest.raises(ValueError, match=r"^`points` must be >= 2, got 1$"):
+        log_steps(100, 1)
+    with pytest.raises(ValueError, match=r"^the number of steps must be >= 0, got -5$"):
+        log_steps(-5)
 
 
 def test_cli_run_and_reproduce(tmp_path, capsys):
     assert main(["run", "engine-toy", "--out", str(tmp_path), "--set", "n=5", "--no-plots"]) == 0
     out = capsys.readouterr().out
-    assert "T1" in out and " 10 " in out and "1 of 2 claims reproduced" in out
+    assert "T1" in out and "  10\n" in out and "1 of 2 claims reproduced" in out
     code = main(["reproduce", "--only", "engine-toy", "--out", str(tmp_path), "--no-plots"])
     assert code == 0 and (tmp_path / "claims.md").is_file()
     assert main(["run", "engine-toy", "--out", str(tmp_path), "--set", "zz=1"]) == 2
@@ -174,16 +185,6 @@ def test_declared_threads_validated():
             pass
 
 
-def test_compact_cells_for_the_claims_table():
-    from overparam.engine.report import compact, format_table
-
-    value = {"steps": 50000, "l2": {"1": 0.016896352802125314}, "ok": True, "v": [1.0, None]}
-    assert compact(value) == "steps=50000 l2.1=0.0169 ok=yes v=[1, -]"
-    row = {"id": "A8", "experiment": "lp-depth", "source": "3.7e-2", "measured": value}
-    table = format_table([{**row, "reproduced": False}], width=20)
-    assert "steps=50000 l2.1=0.…" in table and table.rstrip().endswith("NO")  # 20 chars
-
-
 def test_cli_reports_missing_data_without_traceback(tmp_path, monkeypatch, capsys):
     """Offline and no data: a one-line error naming the URL, exit status 2."""
 
@@ -200,3 +201,40 @@ def test_cli_reports_missing_data_without_traceback(tmp_path, monkeypatch, capsy
     assert main(["run", "deep-init", "--quick", "--out", str(tmp_path), "--no-plots"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("overparam: error: could not download https://archive.ics.uci.edu")
+
+
+def test_no_plots_removes_the_figures_of_the_previous_run(tmp_path):
+    first = run_experiment("engine-toy", "quick", {"n": 7}, out=tmp_path, quiet=True)
+    directory = tmp_path / first["directory"]
+    assert first["figures"] == ["curve.png", "curve.pdf"] and (directory / "curve.png").is_file()
+    (directory / "notes.txt").write_text("mine")  # a file the run did not write is kept
+    second = run_experiment("engine-toy", "quick", {"n": 7}, out=tmp_path, quiet=True, plots=False)
+    assert second["figures"] == []
+    assert sorted(p.name for p in directory.glob("curve.*")) == []
+    assert (directory / "notes.txt").read_text() == "mine"
+    assert json.loads((directory / "summary.json").read_text())["figures"] == []
+
+
+def test_concurrent_runs_into_one_directory_leave_one_runs_files(tmp_path):
+    """While a run writes its directory another run of a different config waits for it."""
+    import threading
+    import time
+
+    from overparam.engine.runner import prepare_run, run_directory_lock
+
+    run_experiment("engine-toy", "quick", {"n": 3}, out=tmp_path, quiet=True, plots=False)
+    plan = prepare_run("engine-toy", "quick", {"n": 4}, tmp_path)
+    worker = threading.Thread(
+        target=run_experiment,
+        args=("engine-toy", "quick", {"n": 4}),
+        kwargs={"out": tmp_path, "quiet": True, "plots": False},
+    )
+    with run_directory_lock(plan):
+        worker.start()
+        time.sleep(0.5)
+        assert worker.is_alive()  # computed, and waiting to write
+        assert json.loads((plan.directory / "config.json").read_text()) == {"n": 3}
+    worker.join(timeout=30)
+    files = [json.loads((plan.directory / f).read_text()) for f in ("config.json", "summary.json")]
+    assert files[0] == {"n": 4} and files[1]["config"] == {"n": 4}
+    assert json.loads((plan.directory / "metrics.json").read_text())["total"] == 6.0

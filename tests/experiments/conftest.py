@@ -19,7 +19,7 @@ def _run_and_check(name, overrides, out, *, all_reproduced=False, plots=True):
             assert claim["reproduced"] is True, claim["note"]
     if plots:
         figures = summary["figures"]
-        assert figures and all((Path(out) / name / f).exists() for f in figures)
+        assert figures and all((Path(out) / summary["directory"] / f).exists() for f in figures)
     return summary
 
 

@@ -41,7 +41,10 @@ def test_run_judge_plot_tiny(tmp_path, name):
     assert set(claims) == {c.id for c in experiment.claims}
     assert all(c["measured"] is not None and c["note"] for c in claims.values())
     if experiment.plot is not None:
-        assert summary["figures"] and (tmp_path / name / summary["figures"][0]).exists()
+        assert (
+            summary["figures"]
+            and (tmp_path / summary["directory"] / summary["figures"][0]).exists()
+        )
     for claim in MUST_HOLD.get(name, ()):
         assert claims[claim]["reproduced"], (claim, claims[claim]["measured"])
 

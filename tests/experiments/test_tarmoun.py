@@ -69,7 +69,7 @@ def test_general_records_singular_value_trajectories(tiny_runs):
     cfg = TINY["tarmoun-general"]
     summary, tmp_path = tiny_runs("tarmoun-general")
     assert {"general.png", "general_singular_values.png"} <= set(summary["figures"])
-    metrics = json.loads((tmp_path / "tarmoun-general" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "tarmoun-general" / "quick" / "metrics.json").read_text())
     f = metrics["factorization"]
     two = torch.tensor(f["singular_values"], dtype=torch.float64)
     one = torch.tensor(f["singular_values_one_layer"], dtype=torch.float64)

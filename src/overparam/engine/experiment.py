@@ -8,9 +8,11 @@ The engine caches, writes and reports; see :mod:`overparam.engine.runner`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+from overparam.engine.overrides import check_bounds
 
 T = TypeVar("T")
 Config = dict[str, Any]
@@ -49,6 +51,22 @@ class RunContext(Protocol):
         """Return ``compute()`` stored under (key, config); a rerun or resumed run reuses it."""
         ...
 
+    def map(
+        self,
+        key: str,
+        function: Callable[[Any], Metrics],
+        items: Sequence[Any],
+        config: Mapping[str, Any],
+        desc: str = "",
+    ) -> list[Metrics]:
+        """``[function(item) for item in items]``, each item an independent, cached piece.
+
+        ``function`` must be a module-level function (or a ``functools.partial`` of one) of the
+        item alone: on a cluster each piece runs as its own task.  Each result is stored under
+        (key, config, item) as it finishes and comes back JSON-converted, as from ``cached``.
+        """
+        ...
+
     def log(self, message: str) -> None:
         """Print one line of progress information."""
         ...
@@ -70,6 +88,9 @@ class Experiment:
         version: bump to invalidate cached results after a change of ``run``.
         threads: intra-op threads while ``run`` computes; 1 by default (small matrices, see
             :mod:`overparam._threads`), ``None`` keeps torch's setting (large convolutions).
+        bounds: inclusive ``(low, high)`` ranges (``None``: no limit) of config keys whose values
+            need more than the type and sign inferred from the presets, see
+            :mod:`overparam.engine.overrides`.
     """
 
     name: str
@@ -83,6 +104,7 @@ class Experiment:
     version: int = 1
     tags: tuple[str, ...] = field(default_factory=tuple)
     threads: int | None = 1
+    bounds: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for preset in ("quick", "full"):
@@ -93,3 +115,4 @@ class Experiment:
                 )
         if not self.claims:
             raise ValueError(f"experiment {self.name!r} must declare at least one claim")
+        check_bounds(self.name, self.presets, self.bounds)

@@ -1,27 +1,36 @@
 """Run a registered experiment: resolve its config, reuse or compute metrics, judge, write, plot.
 
-Each run writes into ``<out>/<name>/``: ``config.json``, ``metrics.json``, ``summary.json`` and the
-figures (PNG and PDF).  Metrics live in ``<out>/store.sqlite``; a second identical invocation
-returns from the store, ``force=True`` recomputes.
+Each run writes into ``<out>/<name>/<preset>/`` (so a quick and a full run live side by side):
+``config.json``, ``metrics.json``, ``summary.json``, ``run.json`` (the environment, see
+:mod:`overparam.engine.environment`) and the figures (PNG and PDF); ``<out>/<name>/summary.json``
+is a copy of the last run's summary, of either preset.  Metrics live in ``<out>/store.sqlite``; a
+second identical invocation returns from the store, ``force=True`` recomputes.
 """
 
 from __future__ import annotations
 
-import ast
+import functools
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from tqdm import tqdm
 
 from overparam._threads import intra_op_threads
+from overparam.engine.environment import run_record
 from overparam.engine.experiment import Config, Experiment, Metrics, Verdict
+from overparam.engine.files import atomic_path, write_json
+from overparam.engine.locking import key_lock
+from overparam.engine.overrides import check_overrides, parse_value
+from overparam.engine.pieces import piece_config
 from overparam.engine.registry import get
-from overparam.engine.store import Store, to_jsonable
+from overparam.engine.store import Store, config_hash, to_jsonable
 
 T = TypeVar("T")
 PRESETS = ("quick", "full")
@@ -51,13 +60,21 @@ class Context:
         self, key: str, config: Mapping[str, Any], compute: Callable[[], Metrics]
     ) -> Metrics:
         kind = f"{self.name}/{key}"
-        if not self.force:
-            found = self.store.get(kind, config)
-            if found is not None:
-                return found
-        start = time.perf_counter()
-        result = compute()
-        return self.store.put(kind, config, result, time.perf_counter() - start)
+        wait = functools.partial(self.log, f"waiting for another process computing {key}")
+        return self.store.get_or_compute(kind, config, compute, self.force, on_wait=wait)[0]
+
+    def map(
+        self,
+        key: str,
+        function: Callable[[Any], Metrics],
+        items: Sequence[Any],
+        config: Mapping[str, Any],
+        desc: str = "",
+    ) -> list[Metrics]:
+        return [
+            self.cached(key, piece_config(config, item), functools.partial(function, item))
+            for item in self.progress(items, total=len(items), desc=desc or key)
+        ]
 
     def log(self, message: str) -> None:
         if not self.quiet:
@@ -65,34 +82,30 @@ class Context:
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings; values are Python/JSON literals, else kept as strings."""
+    """Parse ``key=value`` strings; values are Python/JSON literals, else kept as strings.
+
+    See :func:`overparam.engine.overrides.parse_value`: ``true``/``false`` are booleans and
+    ``nan``/``inf`` floats (which the config check then refuses, naming the key).
+    """
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"`--set` expects key=value, got {pair!r}")
-        try:
-            out[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            lowered = text.strip().lower()
-            out[key.strip()] = {"true": True, "false": False}.get(lowered, text)
+        out[key.strip()] = parse_value(text)
     return out
 
 
 def resolve_config(
     experiment: Experiment, preset: str, overrides: Mapping[str, Any] | None
 ) -> Config:
-    """The preset's config updated by ``overrides`` (each key must exist in the preset)."""
+    """The preset's config updated by ``overrides``, each checked against the presets' types.
+
+    See :func:`overparam.engine.overrides.check_overrides` for the rules.
+    """
     if preset not in experiment.presets:
         raise ValueError(f"`preset` must be one of {sorted(experiment.presets)}, got {preset!r}")
-    config = dict(experiment.presets[preset])
-    for key, value in (overrides or {}).items():
-        if key not in config:
-            raise ValueError(
-                f"unknown config key {key!r} for {experiment.name}; known: {', '.join(sorted(config))}"
-            )
-        config[key] = value
-    return config
+    return {**experiment.presets[preset], **check_overrides(experiment, overrides)}
 
 
 def _judge(experiment: Experiment, config: Config, metrics: Metrics) -> list[dict[str, Any]]:
@@ -110,9 +123,7 @@ def _judge(experiment: Experiment, config: Config, metrics: Metrics) -> list[dic
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(to_jsonable(value), indent=2, sort_keys=False))
-    tmp.replace(path)
+    write_json(path, to_jsonable(value))
 
 
 def _plot(experiment: Experiment, config: Config, metrics: Metrics, directory: Path) -> list[str]:
@@ -126,10 +137,121 @@ def _plot(experiment: Experiment, config: Config, metrics: Metrics, directory: P
     written = []
     for name, figure in experiment.plot(config, metrics).items():
         for suffix in ("png", "pdf"):
-            figure.savefig(directory / f"{name}.{suffix}", dpi=120, bbox_inches="tight")
+            with atomic_path(directory / f"{name}.{suffix}") as tmp:
+                figure.savefig(tmp, dpi=120, bbox_inches="tight", format=suffix)
             written.append(f"{name}.{suffix}")
         plt.close(figure)
     return written
+
+
+def _figures_of(summary: Path) -> list[str]:
+    """The figure files listed in an existing ``summary.json`` (none when absent or unreadable)."""
+    try:
+        figures = json.loads(summary.read_text()).get("figures", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in figures if isinstance(f, str) and Path(f).name == f]
+
+
+def run_directory_lock(plan: RunPlan) -> AbstractContextManager[None]:
+    """The lock held while a run writes its directory, so that concurrent runs of different configs
+    into one directory leave the files of one of them, never a mix."""
+    where = str(plan.directory.resolve())
+    return key_lock(plan.store.locks / f"dir-{config_hash('directory', {'path': where})}.lock")
+
+
+def run_directory(root: str | Path, name: str, preset: str) -> Path:
+    """Where a run of experiment ``name`` at ``preset`` writes its files: ``root/name/preset``."""
+    return Path(root) / name / preset
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, resolved: the experiment, its config, store kind, output root and directory."""
+
+    experiment: Experiment
+    preset: str
+    config: Config
+    kind: str
+    root: Path
+    directory: Path
+    store: Store
+    default_directory: bool
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+
+def prepare_run(
+    name: str,
+    preset: str = "quick",
+    overrides: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    directory: str | Path | None = None,
+) -> RunPlan:
+    """Resolve and check a run's config and open its store; nothing is computed or written."""
+    experiment = get(name)
+    config = resolve_config(experiment, preset, overrides)
+    root = Path(out) if out is not None else DEFAULT_OUT
+    where = Path(directory) if directory is not None else run_directory(root, name, preset)
+    store = Store(root / "store.sqlite")
+    kind = f"{name}@v{experiment.version}"
+    return RunPlan(experiment, preset, config, kind, root, where, store, directory is None)
+
+
+def compute_run(
+    plan: RunPlan, force: bool = False, quiet: bool = False
+) -> tuple[Metrics, bool, float]:
+    """The run's stored metrics, or computed (with a :class:`Context`) and stored: (metrics,
+    cached, seconds)."""
+    start = time.perf_counter()
+    context = Context(plan.store, plan.name, force, quiet)
+
+    def compute() -> Metrics:
+        with intra_op_threads(plan.experiment.threads):
+            return plan.experiment.run(dict(plan.config), context)
+
+    wait = functools.partial(context.log, "waiting for another process computing this config")
+    metrics, cached = plan.store.get_or_compute(
+        plan.kind, plan.config, compute, force, on_wait=wait
+    )
+    return metrics, cached, time.perf_counter() - start
+
+
+def finish_run(
+    plan: RunPlan, metrics: Metrics, cached: bool, seconds: float, plots: bool = True
+) -> dict[str, Any]:
+    """Judge stored metrics and write the run directory; return ``summary.json``'s content."""
+    experiment, config, directory, root = plan.experiment, plan.config, plan.directory, plan.root
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "experiment": plan.name,
+        "preset": plan.preset,
+        "title": experiment.title,
+        "directory": directory.relative_to(root).as_posix()
+        if directory.is_relative_to(root)
+        else str(directory),
+        "config": config,
+        "cached": cached,
+        "seconds": seconds,
+        "claims": _judge(experiment, config, metrics),
+    }
+    with run_directory_lock(plan):  # the files of one directory come from one run
+        _write_json(directory / "config.json", config)
+        threads = experiment.threads if experiment.threads is not None else torch.get_num_threads()
+        record = run_record(directory / "run.json", plan.kind, config, threads, cached, seconds)
+        _write_json(directory / "run.json", record)
+        _write_json(directory / "metrics.json", metrics)
+        previous = _figures_of(directory / "summary.json")
+        figures = _plot(experiment, config, metrics, directory) if plots else []
+        summary["figures"] = figures
+        _write_json(directory / "summary.json", summary)
+        for stale in sorted(set(previous) - set(figures)):
+            (directory / stale).unlink(missing_ok=True)  # the previous run's, not this one's
+        if plan.default_directory:
+            _write_json(root / plan.name / "summary.json", summary)  # the last run, either preset
+    return summary
 
 
 def run_experiment(
@@ -140,6 +262,7 @@ def run_experiment(
     force: bool = False,
     quiet: bool = False,
     plots: bool = True,
+    directory: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) experiment ``name`` and write its directory; return ``summary.json``'s content.
 
@@ -147,40 +270,13 @@ def run_experiment(
         name: a registered experiment.
         preset: ``"quick"`` or ``"full"``.
         overrides: config keys to replace (``--set key=value``).
-        out: output root (default ``runs``); results go to ``out/name/``, the store to
+        out: output root (default ``runs``); results go to ``out/name/preset/``, the store to
             ``out/store.sqlite``.
         force: recompute even when the store has the result.
         quiet: no progress bars or log lines.
         plots: draw the figures.
+        directory: write the run's files here instead of ``out/name/preset/`` (sweep points).
     """
-    experiment = get(name)
-    config = resolve_config(experiment, preset, overrides)
-    root = Path(out) if out is not None else DEFAULT_OUT
-    directory = root / name
-    directory.mkdir(parents=True, exist_ok=True)
-    store = Store(root / "store.sqlite")
-    kind = f"{name}@v{experiment.version}"
-    metrics = None if force else store.get(kind, config)
-    cached = metrics is not None
-    start = time.perf_counter()
-    if metrics is None:
-        context = Context(store, name, force, quiet)
-        with intra_op_threads(experiment.threads):
-            raw = experiment.run(dict(config), context)
-        metrics = store.put(kind, config, raw, time.perf_counter() - start)
-    seconds = time.perf_counter() - start
-    summary = {
-        "experiment": name,
-        "preset": preset,
-        "title": experiment.title,
-        "config": config,
-        "cached": cached,
-        "seconds": seconds,
-        "claims": _judge(experiment, config, metrics),
-    }
-    _write_json(directory / "config.json", config)
-    _write_json(directory / "metrics.json", metrics)
-    if plots:
-        summary["figures"] = _plot(experiment, config, metrics, directory)
-    _write_json(directory / "summary.json", summary)
-    return summary
+    plan = prepare_run(name, preset, overrides, out, directory)
+    metrics, cached, seconds = compute_run(plan, force, quiet)
+    return finish_run(plan, metrics, cached, seconds, plots)

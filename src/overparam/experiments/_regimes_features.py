@@ -138,16 +138,38 @@ def judge_features(cfg: Config, m: Metrics) -> list[Verdict]:
 
 
 def plot_features(cfg: Config, m: Metrics) -> dict[str, Any]:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     fig, ax = figure(1, 3)
-    steps = [max(s, 1) for s in m["steps"]]
-    ax[0, 0].semilogx(steps, m["loss"])
-    ax[0, 0].set(xlabel="step", ylabel="source loss", yscale="log")
-    ax[0, 1].semilogx(steps, m["angles_curve"])
-    ax[0, 1].axhline(cfg["angle_tol"], color="k", ls=":", lw=0.8)
-    ax[0, 1].set(xlabel="step", ylabel="largest principal angle to row(U) (deg)")
+    keep = [i for i, s in enumerate(m["steps"]) if s > 0]  # log step axis: from step 1
+    steps = [m["steps"][i] for i in keep]
+    ax[0, 0].semilogx(steps, [m["loss"][i] for i in keep])
+    ax[0, 0].set(
+        xlabel="GD step", ylabel="source-task loss (MSE)", yscale="log", title="training loss"
+    )
+    ax[0, 1].semilogx(steps, [m["angles_curve"][i] for i in keep], label="learned first layer")
+    ax[0, 1].axhline(
+        cfg["angle_tol"], color="k", ls=":", lw=0.8, label=f"tolerance {cfg['angle_tol']:g} deg"
+    )
+    ax[0, 1].set(
+        xlabel="GD step",
+        ylabel="largest principal angle to row(U) (deg)",
+        title="features align with row(U)",
+    )
+    ax[0, 1].legend(fontsize=7)
     for name, errs in m["transfer"].items():
-        ax[0, 2].loglog(cfg["transfer_sizes"], errs, "o-", label=name)
-    ax[0, 2].axhline(cfg["error_tol"], color="k", ls=":", lw=0.8)
-    ax[0, 2].set(xlabel="target samples N", ylabel="relative test error (last layer refit)")
+        ax[0, 2].loglog(cfg["transfer_sizes"], errs, "o-", label=f"{name} features")
+    ax[0, 2].axhline(
+        cfg["error_tol"], color="k", ls=":", lw=0.8, label=f"tolerance {cfg['error_tol']:g}"
+    )
+    ax[0, 2].set_xticks(cfg["transfer_sizes"])
+    ax[0, 2].xaxis.set_major_formatter(ScalarFormatter())
+    ax[0, 2].xaxis.set_minor_formatter(NullFormatter())
+    ax[0, 2].set(
+        xlabel="target samples N",
+        ylabel="relative test error (last layer refit)",
+        title="transfer to a new g_T",
+    )
     ax[0, 2].legend(fontsize=7)
+    fig.suptitle("S7: a ReLU net from small init learns row(U) of y = g(U x)", fontsize=10)
     return {"relu_features": fig}

@@ -106,16 +106,29 @@ def judge_least_squares(cfg: Config, m: Metrics) -> list[Verdict]:
 
 def plot_least_squares(cfg: Config, m: Metrics) -> dict[str, Any]:
     fig, ax = figure(1, 2)
-    steps = [max(s, 1) for s in m["steps"]]
+    keep = [i for i, s in enumerate(m["steps"]) if s > 0]  # log step axis: from step 1
+    steps = [m["steps"][i] for i in keep]
     for c in m["cases"]:
         label = f"n={c['n']}, p={c['p']}"
-        dist = torch.as_tensor(c["curve_distance"], dtype=F64).clamp_min(1e-18)
+        dist = torch.as_tensor(c["curve_distance"], dtype=F64)[keep].clamp_min(1e-18)
         ax[0, 0].loglog(steps, dist, label=label)
-        ax[0, 1].semilogx(steps, c["curve_path_ratio"], label=label)
-    ax[0, 0].axhline(cfg["distance_tol"], color="k", ls=":", lw=0.8)
-    ax[0, 0].set(xlabel="step", ylabel="||theta_t - proj(theta_0)|| (max over seeds)")
-    ax[0, 1].set(xlabel="step", ylabel="path length / ||theta_* - theta_0||")
+        ax[0, 1].semilogx(steps, [c["curve_path_ratio"][i] for i in keep], label=label)
+    ax[0, 0].axhline(
+        cfg["distance_tol"], color="k", ls=":", lw=0.8, label=f"tolerance {cfg['distance_tol']:g}"
+    )
+    ax[0, 0].set(
+        xlabel="GD step",
+        ylabel="||theta_t - proj(theta_0)|| (max over seeds)",
+        title="distance to the closest optimum",
+    )
+    ax[0, 1].set(
+        xlabel="GD step",
+        ylabel="path length / ||theta_* - theta_0||",
+        title="path length over the straight line",
+    )
     ax[0, 0].legend(fontsize=7)
+    ax[0, 1].legend(fontsize=7)
+    fig.suptitle("S1: GD on n <= p least squares converges to the closest optimum", fontsize=10)
     return {"least_squares": fig}
 
 
@@ -258,17 +271,32 @@ def _fmt(values: list[float]) -> str:
 
 def plot_lazy(cfg: Config, m: Metrics) -> dict[str, Any]:
     fig, ax = figure(1, 3)
-    steps = [max(s, 1) for s in m["steps"]]
+    keep = [i for i, s in enumerate(m["steps"]) if s > 0]  # step 0: gap 0 by construction
+    steps = [m["steps"][i] for i in keep]
     widest = m["widths"][-1]
-    curves = torch.as_tensor(widest["curve_gap"], dtype=F64).clamp_min(1e-18)
+    curves = torch.as_tensor(widest["curve_gap"], dtype=F64)[keep].clamp_min(1e-18)
     for i, alpha in enumerate(cfg["alphas"]):
         ax[0, 0].loglog(steps, curves[:, i], label=f"alpha={alpha:g}")
-    ax[0, 0].set(xlabel="step", ylabel=f"linearization gap / ||y|| (m={widest['width']})")
+    ax[0, 0].set(
+        xlabel="GD step",
+        ylabel=f"linearization gap / ||y|| (m={widest['width']})",
+        title="gap to the linearized model along GD",
+    )
     ax[0, 0].legend(fontsize=7)
     for w in m["widths"]:
         ax[0, 1].loglog(cfg["alphas"], w["change"], "o-", label=f"m={w['width']}")
         ax[0, 2].loglog(cfg["alphas"], w["gap_max"], "o-", label=f"m={w['width']}")
-    ax[0, 1].set(xlabel="init scale alpha", ylabel="||theta_T - theta_0|| / ||theta_0||")
-    ax[0, 2].set(xlabel="init scale alpha", ylabel="max linearization gap / ||y||")
+    ax[0, 1].set(
+        xlabel="init scale alpha",
+        ylabel="||theta_T - theta_0|| / ||theta_0||",
+        title="relative weight change",
+    )
+    ax[0, 2].set(
+        xlabel="init scale alpha",
+        ylabel="max linearization gap / ||y||",
+        title="max gap over the run",
+    )
     ax[0, 1].legend(fontsize=7)
+    ax[0, 2].legend(fontsize=7)
+    fig.suptitle("S2: lazy (large alpha or width) vs rich regime, two-layer ReLU net", fontsize=10)
     return {"lazy_vs_rich": fig}

@@ -10,6 +10,7 @@ once ``n`` is several times ``r*^2 (d1 + d2)``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ def _one_n(cfg: Config, n: int) -> dict[str, Any]:
 
 def run_alpha(cfg: Config, ctx: RunContext) -> Metrics:
     """GD on ``U V^T`` for every (n, alpha, seed); one operator and ground truth per ``n``."""
-    per_n = [_one_n(cfg, n) for n in ctx.progress(cfg["ns"], total=len(cfg["ns"]), desc="n")]
+    per_n = ctx.map("n", functools.partial(_one_n, cfg), cfg["ns"], cfg, desc="n")
     threshold = cfg["r_star"] ** 2 * (cfg["d1"] + cfg["d2"])
     return {"alphas": cfg["alphas"], "sample_threshold": threshold, "per_n": per_n}
 
@@ -123,14 +124,31 @@ def plot_alpha(cfg: Config, m: Metrics) -> dict[str, Any]:
         ax.loglog(a, e, "o-", label=f"n={p['n']}, slope {p['slope']:.2f}")
     e0 = np.asarray(m["per_n"][-1]["final_error"], dtype=float).mean(1)
     ax.loglog(a, e0[0] * (a / a[0]) ** (21 / 16), "k--", label="alpha^(21/16)")
-    ax.set(xlabel="alpha", ylabel="||U V^T - X Y^T||_F / ||X Y^T||_F")
+    ax.set(
+        xlabel="init scale alpha",
+        ylabel="||U V^T - X Y^T||_F / ||X Y^T||_F",
+        title="S3: final error vs alpha (mean over seeds)",
+    )
     ax.legend(fontsize=7)
     c = m["per_n"][-1]["curves"]
     for i, alpha in enumerate(a):
-        bx.semilogy(c["steps"], np.asarray(c["rel_error"][i], dtype=float), label=f"a={alpha:g}")
+        bx.semilogy(c["steps"], np.asarray(c["rel_error"][i], dtype=float), label=f"{alpha:g}")
         cx.semilogy(c["steps"], np.asarray(c["imbalance"][i], dtype=float), color=f"C{i}")
         cx.semilogy(c["steps"], np.asarray(c["bound"][i], dtype=float), "--", color=f"C{i}")
-    bx.set(xlabel="iteration", ylabel="relative error", title=f"n = {m['per_n'][-1]['n']}")
-    bx.legend(fontsize=7)
-    cx.set(xlabel="iteration", ylabel="||U^T U - V^T V||_F (solid), S5 bound (dashed)")
+    n = m["per_n"][-1]["n"]
+    bx.set(
+        xlabel="GD iteration",
+        ylabel="||U V^T - X Y^T||_F / ||X Y^T||_F",
+        title=f"S3: error along GD, n = {n}, first seed",
+    )
+    bx.legend(fontsize=7, title="alpha")
+    cx.plot([], [], "k-", label="||U^T U - V^T V||_F")
+    cx.plot([], [], "k--", label="S5 bound ||B_0|| + 2 mu (L(0) - L(t))")
+    cx.set(
+        xlabel="GD iteration",
+        ylabel="imbalance (Frobenius norm)",
+        title=f"S5: implicit balancing, n = {n} (colours: alpha as left)",
+    )
+    cx.legend(fontsize=7)
+    fig.tight_layout()
     return {"error_vs_alpha": fig}

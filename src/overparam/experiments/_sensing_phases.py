@@ -190,6 +190,7 @@ def _judge_s6(cfg: Config, m: Metrics, tab: dict[str, np.ndarray]) -> Verdict:
 
 def plot_phases(cfg: Config, m: Metrics) -> dict[str, Any]:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig = Figure(figsize=(14, 4))
     ax, bx, cx = fig.subplots(1, 3)
@@ -201,19 +202,35 @@ def plot_phases(cfg: Config, m: Metrics) -> dict[str, Any]:
         )
         ax.semilogy(c["steps"], np.asarray(c["sin_pm"][i], dtype=float), "--", color=f"C{i}")
         bx.semilogy(c["steps"], np.asarray(c["rel_error"][i], dtype=float), color=f"C{i}")
+    ax.plot([], [], "k-", label="GD")
+    ax.plot([], [], "k--", label="power method")
     ax.set(
-        xlabel="iteration",
+        xlabel="GD iteration",
         ylabel="sin angle to top-r* eigenspace of Z",
-        title=f"GD (solid) vs power method (dashed), mu={p0['mu']}",
+        title=f"S4: spectral phase, GD vs power method, mu={p0['mu']}",
     )
-    ax.legend(fontsize=7)
-    bx.set(xlabel="iteration", ylabel="relative error")
+    ax.legend(fontsize=7, title="width r")
+    bx.set(
+        xlabel="GD iteration",
+        ylabel="||U V^T - X Y^T||_F / ||X Y^T||_F",
+        title=f"S4: relative error, mu={p0['mu']} (colours: r as left)",
+    )
     tab = _phase_table(m)
     ranks = np.asarray(m["ranks"], dtype=float)
     for k, mu in enumerate(tab["mu"][:, 0]):
         cx.plot(ranks, mu * tab["t1"][k], "o-", color=f"C{k}", label=f"mu t_spectral, mu={mu:g}")
         cx.plot(ranks, mu * (tab["t2"][k] - tab["t1"][k]), "s:", color=f"C{k}")
+    cx.plot([], [], "ks:", label="mu t_saddle (each mu)")
     cx.plot(ranks, np.log(2 * cfg["d"] / ranks), "k--", label="slide: ln(2d/r)")
-    cx.set(xscale="log", xlabel="r", ylabel="mu x phase length (squares: saddle)")
+    cx.set(
+        xscale="log",
+        xlabel="width r (overparameterization)",
+        ylabel="mu x phase length (iterations x step)",
+        title="S6: phase lengths vs r",
+    )
+    cx.set_xticks(ranks)
+    cx.xaxis.set_major_formatter(ScalarFormatter())
+    cx.xaxis.set_minor_formatter(NullFormatter())
     cx.legend(fontsize=7)
+    fig.tight_layout()
     return {"phases": fig}

@@ -10,6 +10,7 @@ a size ``n``, weights ``n_max / n`` on the first ``n`` and 0 on the others, so t
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -71,7 +72,7 @@ def _one_rank(cfg: Config, r_star: int) -> dict[str, Any]:
 def run_samples(cfg: Config, ctx: RunContext) -> Metrics:
     """Success rate of GD versus ``n / (r*^2 (d1 + d2))`` for every ``r*``."""
     ranks = cfg["r_stars"]
-    return {"per_rank": [_one_rank(cfg, rs) for rs in ctx.progress(ranks, desc="r*")]}
+    return {"per_rank": ctx.map("rank", functools.partial(_one_rank, cfg), ranks, cfg, desc="r*")}
 
 
 def _threshold(p: dict[str, Any], level: float) -> float:
@@ -127,9 +128,19 @@ def plot_samples(cfg: Config, m: Metrics) -> dict[str, Any]:
         s = np.asarray(p["success"], dtype=float)
         ax.semilogx(n / p["unit"], s, "o-", label=f"r*={p['r_star']}")
         bx.semilogx(n / p["dof"], s, "o-", label=f"r*={p['r_star']}")
-    ax.axvline(1.0, color="k", ls="--")
-    ax.set(xlabel="n / (r*^2 (d1 + d2))", ylabel="success rate")
-    bx.axvline(1.0, color="k", ls="--")
-    bx.set(xlabel="n / (r* (d1 + d2 - r*))", ylabel="success rate")
-    ax.legend()
+    ax.axvline(1.0, color="k", ls="--", label="n = r*^2 (d1 + d2) (slide)")
+    ax.set(
+        xlabel="n / (r*^2 (d1 + d2))",
+        ylabel="success rate (fraction of problems)",
+        title="S3: recovery vs measurements, slide's scale",
+    )
+    bx.axvline(1.0, color="k", ls="--", label="n = degrees of freedom")
+    bx.set(
+        xlabel="n / (r* (d1 + d2 - r*))",
+        ylabel="success rate (fraction of problems)",
+        title="S3: the same runs against the degrees of freedom",
+    )
+    ax.legend(fontsize=8)
+    bx.legend(fontsize=8)
+    fig.tight_layout()
     return {"success_vs_n": fig}

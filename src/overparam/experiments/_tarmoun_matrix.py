@@ -85,7 +85,7 @@ def _r(values: Any, digits: int = 3) -> list[float | None]:
 def _figure(rows: int = 1, cols: int = 1) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.5 * cols, 3.5 * rows))
+    fig = Figure(figsize=(4.5 * cols, 3.5 * rows), layout="constrained")
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
@@ -167,13 +167,31 @@ def judge_conservation(cfg: Config, m: Metrics) -> list[Verdict]:
 
 def plot_conservation(cfg: Config, m: Metrics) -> dict[str, Any]:
     fig, ax = _figure(1, 2)
+    later = [i for i, t in enumerate(m["times"]) if t > 0]  # drift is 0 at t = 0 by definition
     for name, case in m["cases"].items():
-        drift = torch.as_tensor(case["flow_drift"], dtype=F64).clamp_min(1e-18)
-        ax[0, 0].semilogy(m["times"], drift, label=name)
+        drift = torch.as_tensor(case["flow_drift"], dtype=F64)[later].clamp_min(1e-18)
+        ax[0, 0].semilogy([m["times"][i] for i in later], drift, label=name)
         ax[0, 1].loglog(m["etas"], case["gd_step_drift"], "o-", label=name)
-    ax[0, 0].set(xlabel="t", ylabel="relative imbalance drift (flow)")
-    ax[0, 1].set(xlabel="eta", ylabel="one-step drift (GD)")
-    ax[0, 0].legend(fontsize=6)
+    etas = torch.as_tensor(m["etas"], dtype=F64)
+    first = max(float(c["gd_step_drift"][0]) for c in m["cases"].values())
+    ax[0, 1].loglog(etas, first * (etas / etas[0]) ** 2, "k--", lw=0.8, label="slope 2 (O(eta^2))")
+    ax[0, 0].set(
+        xlabel="time t (gradient flow, DOP853)",
+        ylabel="max_j ||D_j(t) - D_j(0)|| / Gramian size",
+        title="T1/A2: imbalance drift under the flow",
+    )
+    ax[0, 1].set(
+        xlabel="step size eta",
+        ylabel="relative imbalance drift after one GD step",
+        title="T1/A2: one GD step drifts by O(eta^2)",
+    )
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax[0, 1].set_xticks([float(e) for e in m["etas"]])
+    ax[0, 1].xaxis.set_major_formatter(ScalarFormatter())
+    ax[0, 1].xaxis.set_minor_formatter(NullFormatter())
+    ax[0, 0].legend(fontsize=6, title="depth-init", title_fontsize=6)
+    ax[0, 1].legend(fontsize=6)
     return {"conservation": fig}
 
 
@@ -293,17 +311,33 @@ def judge_spectral(cfg: Config, m: Metrics) -> list[Verdict]:
 def plot_spectral(cfg: Config, m: Metrics) -> dict[str, Any]:
     fig, ax = _figure(1, 2)
     err = torch.as_tensor(m["relative_error"], dtype=F64).clamp_min(1e-16)
+    styles = ["-", "--", ":", "-."]
+    for d in range(len(m["deltas"])):
+        for i in range(len(m["s"])):
+            ls = styles[d % len(styles)]
+            ax[0, 0].semilogy(m["times"], err[:, d, i], lw=0.9, ls=ls, color=f"C{i}")
+    for i, s in enumerate(m["s"]):
+        ax[0, 0].plot([], [], color=f"C{i}", label=f"s = {s:.2g}")
     for d, delta in enumerate(m["deltas"]):
-        for i, s in enumerate(m["s"]):
-            ax[0, 0].semilogy(m["times"], err[:, d, i], lw=0.8, label=f"d={delta}, s={s:.2g}")
+        ax[0, 0].plot([], [], "k", ls=styles[d % len(styles)], label=f"delta = {delta:g}")
     meas = torch.as_tensor(m["rate_measured"], dtype=F64).flatten()
     pred = torch.as_tensor(m["rate_predicted"], dtype=F64).flatten()
     ax[0, 1].plot(pred, meas, "o")
     ax[0, 1].plot([0, float(pred.max())], [0, float(pred.max())], "k--", lw=0.8)
     ax[0, 1].axhline(1.0, color="r", lw=0.8, label="one layer")
-    ax[0, 0].set(xlabel="t", ylabel="|u v - s| / s")
-    ax[0, 1].set(xlabel="predicted sqrt(4s^2+delta^2)", ylabel="measured rate")
-    ax[0, 0].legend(fontsize=5, ncol=2)
+    ax[0, 0].set(
+        xlabel="time t (gradient flow)",
+        ylabel="|u v - s| / s (floored at 1e-16)",
+        title="T3: each singular value, spectral init",
+    )
+    ax[0, 1].plot([], [], "o", color="C0", label="one (s, delta) pair")
+    ax[0, 1].plot([], [], "k--", lw=0.8, label="measured = predicted")
+    ax[0, 1].set(
+        xlabel="predicted rate sqrt(4 s^2 + delta^2) (1 / time)",
+        ylabel="measured rate (1 / time)",
+        title="T3: rate depends on imbalance and spectrum",
+    )
+    ax[0, 0].legend(fontsize=6, ncol=2)
     ax[0, 1].legend(fontsize=7)
     return {"spectral": fig}
 
@@ -385,11 +419,28 @@ def judge_symmetric(cfg: Config, m: Metrics) -> list[Verdict]:
 
 def plot_symmetric(cfg: Config, m: Metrics) -> dict[str, Any]:
     fig, ax = _figure()
-    for key, w in m["widths"].items():
+    styles = ["-", "--", ":", "-."]
+    for c, (key, w) in enumerate(m["widths"].items()):
         err = torch.as_tensor(w["relative_error"], dtype=F64).clamp_min(1e-16)
-        for j, lo in enumerate(m["lambda_mins"]):
-            ax[0, 0].semilogy(m["times"], err[:, j], label=f"k={key}, lambda_min={lo}")
-    ax[0, 0].semilogy(m["times"], torch.exp(-torch.as_tensor(m["times"])), "k--", label="one layer")
-    ax[0, 0].set(xlabel="t", ylabel="||UU^T - Y|| / ||Y||")
+        for j in range(len(m["lambda_mins"])):
+            ls = styles[j % len(styles)]
+            ax[0, 0].semilogy(m["times"], err[:, j], color=f"C{c}", ls=ls, lw=2.2 - 0.5 * j)
+        ax[0, 0].plot([], [], color=f"C{c}", label=f"width k = {key}")
+    for j, lo in enumerate(m["lambda_mins"]):
+        ax[0, 0].plot(
+            [], [], "k", ls=styles[j % len(styles)], lw=2.2 - 0.5 * j, label=f"lambda_min = {lo}"
+        )
+    ax[0, 0].semilogy(
+        m["times"],
+        torch.exp(-torch.as_tensor(m["times"])),
+        color="0.5",
+        lw=1,
+        label="one layer, exp(-t)",
+    )
+    ax[0, 0].set(
+        xlabel="time t (gradient flow)",
+        ylabel="||U U^T - Y||_F / ||Y||_F (floored at 1e-16)",
+        title="T2: symmetric factorization, Riccati closed form",
+    )
     ax[0, 0].legend(fontsize=6)
     return {"symmetric": fig}

@@ -173,11 +173,19 @@ def plot_imbalance(cfg: Config, m: Metrics) -> dict[str, Any]:
     toy = m["toy"]
     ax1.plot(toy["delta"], toy["avg_rate"], label="measured rate")
     ax1.plot(toy["delta"], 2 * np.asarray(toy["bound"], float), "--", label="2 x bound (eq. 10)")
-    ax1.set_xlabel("w1(0)^2 - w2(0)^2")
+    ax1.set_xlabel("initial imbalance w1(0)^2 - w2(0)^2")
+    ax1.set_ylabel("average linear rate of L (1 / time)")
+    ax1.set_title("X3: scalar toy, rate vs imbalance", fontsize=9)
     ax1.legend(fontsize=7)
-    ax2.semilogx(m["matrix"]["D0_norm"], m["matrix"]["avg_rate"], "o-")
-    ax2.set_xlabel("||D(0)||_F")
-    ax2.set_ylabel("average rate")
+    ax2.semilogx(
+        m["matrix"]["D0_norm"], m["matrix"]["avg_rate"], "o", label="one scale s: W1 = sA, W2 = B/s"
+    )
+    ax2.set_xlabel("initial imbalance ||D(0)||_F")
+    ax2.set_ylabel("average linear rate of L (1 / time)")
+    dead = int(np.isnan(np.asarray(m["matrix"]["avg_rate"], dtype=float)).sum())
+    gone = f"\n{dead} scales not drawn (loss hit round-off first)" if dead else ""
+    ax2.set_title(f"X2/X3: matrix case, same product{gone}", fontsize=9)
+    ax2.legend(fontsize=7)
     sl = m["slopes"]
     ax3.loglog(
         sl["etas"], sl["first_step"], "o-", label=f"1 step (slope {sl['slope_first_step']:.2f})"
@@ -186,8 +194,16 @@ def plot_imbalance(cfg: Config, m: Metrics) -> dict[str, Any]:
         sl["etas"], sl["per_step"], "^-", label=f"per step (slope {sl['slope_per_step']:.2f})"
     )
     ax3.loglog(sl["etas"], sl["total"], "s-", label=f"total (slope {sl['slope_total']:.2f})")
-    ax3.set_xlabel("eta")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax3.set_xticks([float(e) for e in sl["etas"]])
+    ax3.xaxis.set_major_formatter(ScalarFormatter())
+    ax3.xaxis.set_minor_formatter(NullFormatter())
+    ax3.set_xlabel("step size eta")
+    ax3.set_ylabel("||D(t) - D(0)||_F")
+    ax3.set_title("X1: imbalance drift under GD", fontsize=9)
     ax3.legend(fontsize=7)
+    fig.tight_layout()
     return {"imbalance": fig}
 
 

@@ -13,6 +13,8 @@ Commands: ``overparam run not-a-gradient``; ``overparam run gd-rate --full``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -167,6 +169,49 @@ def judge_not_gradient(config: Config, metrics: Metrics) -> list[Verdict]:
     ]
 
 
+def plot_not_gradient(config: Config, metrics: Metrics) -> dict[str, Any]:
+    """|circulation| of the single-output field per depth N beside its quadrature error (A4), and
+    the identity errors of A3, A5, A14 against the tolerance."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8))
+    ax, bx = fig.subplots(1, 2)
+    circ = metrics["circulation"]
+    depths = sorted(circ, key=int)
+    floor = 1e-18  # exact zeros drawn here (log axis), marked below
+    for key, label, marker in (
+        ("circulation", "|circulation| (finest quadrature)", "o"),
+        ("error", "quadrature error estimate", "x"),
+    ):
+        vals = [abs(circ[n][key]) if circ[n][key] is not None else float("nan") for n in depths]
+        ax.semilogy(
+            [int(n) for n in depths], [max(v, floor) for v in vals], marker, ms=8, label=label
+        )
+    ax.set_xticks([int(n) for n in depths])
+    ax.set_xlabel("depth N")
+    ax.set_ylabel("line integral of F along the curve (loss units)")
+    ax.set_title("A4: circulation of the N-layer field (0 for a gradient)")
+    ax.legend(fontsize=8)
+    ids = metrics["identities"]
+    names = list(ids)
+    bx.bar(
+        names,
+        [max(float(ids[k]), floor) for k in names],
+        color="tab:green",
+        label="max relative error",
+    )
+    bx.axhline(
+        config["identity_tol"], color="k", ls="--", label=f"tolerance {config['identity_tol']:g}"
+    )
+    bx.set_yscale("log")
+    bx.set_xlabel("identity")
+    bx.set_ylabel("max relative error (dimensionless)")
+    bx.set_title(f"A3, A5, A14 over {config['trials']} random instances (float64)")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    return {"not_a_gradient": fig}
+
+
 NOT_A_GRADIENT = register(
     Experiment(
         name="not-a-gradient",
@@ -206,6 +251,7 @@ NOT_A_GRADIENT = register(
         },
         run=run_not_gradient,
         judge=judge_not_gradient,
+        plot=plot_not_gradient,
         doc=__doc__ or "",
     )
 )
@@ -249,19 +295,31 @@ def run_gd_rate(config: Config, ctx: RunContext) -> Metrics:
             ratio = (gap / bound)[1:]
             rows.append(
                 {
+                    "eta": eta,
                     "eta_times_L": eta * max(L_traj, L0),
                     "diverged": res.diverged[k],
                     "max_ratio": float(ratio.max()),
                     "final_gap": float(gap[-1]),
                     "final_bound": float(bound[-1]),
+                    "gap": gap,
                 }
             )
-        out[f"l{p}"] = {"L*": Lstar, "smoothness_at_0": L0, "runs": rows}
+        out[f"l{p}"] = {
+            "L*": Lstar,
+            "smoothness_at_0": L0,
+            "distance2": dist2,
+            "steps": record,
+            "runs": rows,
+        }
     return out
 
 
 def judge_gd_rate(config: Config, metrics: Metrics) -> list[Verdict]:
-    rows = [dict(r, loss=k) for k, v in metrics.items() for r in v["runs"]]
+    rows = [
+        {key: x for key, x in r.items() if key != "gap"} | {"loss": k}
+        for k, v in metrics.items()
+        for r in v["runs"]
+    ]
     valid = [r for r in rows if r["eta_times_L"] < 2 and not r["diverged"]]
     held = [r for r in valid if r["max_ratio"] <= 1.0]
     measured = {f"{r['loss']} eta*L={r['eta_times_L']:.2f}": r["max_ratio"] for r in rows}
@@ -276,6 +334,36 @@ def judge_gd_rate(config: Config, metrics: Metrics) -> list[Verdict]:
             f"eta L < 2 satisfy it. " + SUBSET_NOTE,
         )
     ]
+
+
+def plot_gd_rate(config: Config, metrics: Metrics) -> dict[str, Any]:
+    """``(L(w_T) - L*) / (||w_0 - w*||^2 / (2 eta T))`` along each GD run (the bound holds where the
+    ratio is <= 1), one panel per loss, one line per step size."""
+    from matplotlib.figure import Figure
+
+    losses = list(metrics)
+    fig = Figure(figsize=(5 * len(losses), 4))
+    axes = fig.subplots(1, len(losses), squeeze=False)[0]
+    for ax, loss in zip(axes, losses, strict=True):
+        entry = metrics[loss]
+        T = np.asarray(entry["steps"], dtype=float)
+        hidden = 0
+        for k, run in enumerate(entry["runs"]):
+            gap = np.asarray([np.nan if g is None else g for g in run["gap"]], dtype=float)
+            eta = run["eta"]
+            ratio = np.divide(gap * 2 * eta * T, entry["distance2"])
+            keep = (T > 0) & (ratio > 0)
+            hidden += int(np.sum((T > 0) & ~keep))
+            label = f"eta L = {run['eta_times_L']:.2f}" + (" (diverged)" if run["diverged"] else "")
+            ax.loglog(T[keep], ratio[keep], color=f"C{k}", label=label)
+        ax.axhline(1.0, color="k", ls="--", lw=1, label="bound (ratio 1)")
+        ax.legend(fontsize=7)
+        ax.set_xlabel("iteration T")
+        ax.set_ylabel("(L(w_T) - L*) / bound (dimensionless)")
+        note = f"\n{hidden} points with L - L* <= 0 or diverged not drawn" if hidden else ""
+        ax.set_title(f"A13, {loss} Ethanol: gap over ||w0 - w*||^2 / (2 eta T){note}", fontsize=10)
+    fig.tight_layout()
+    return {"gd_rate": fig}
 
 
 GD_RATE = register(
@@ -306,6 +394,8 @@ GD_RATE = register(
         },
         run=run_gd_rate,
         judge=judge_gd_rate,
+        plot=plot_gd_rate,
         doc=__doc__ or "",
+        version=3,
     )
 )

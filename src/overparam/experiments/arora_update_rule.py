@@ -118,17 +118,37 @@ def judge_update_rule(config: Config, metrics: Metrics) -> list[Verdict]:
 
 
 def plot_update_rule(config: Config, metrics: Metrics) -> dict[str, Any]:
+    """Loss of factor GD (solid) and of the end-to-end emulation (dashed), one panel per init,
+    one colour per (depth, width, loss)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    steps = [max(s, 1) for s in metrics["steps"]]
-    for name, run in metrics["runs"].items():
-        line = ax.loglog(steps, run["net"], label=name)[0]
-        ax.loglog(steps, run["emulation"], ls="--", color=line.get_color())
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (solid: net, dashed: emulation)")
-    ax.legend(fontsize=6)
+    runs = metrics["runs"]
+    inits = list(dict.fromkeys(name.split("_depth")[0] for name in runs))
+    fig = Figure(figsize=(5.5 * len(inits) + 2, 4))
+    axes = fig.subplots(1, len(inits), squeeze=False, sharey=True)[0]
+    keep = [i for i, s in enumerate(metrics["steps"]) if s > 0]  # log axis: from step 1
+    steps = [metrics["steps"][i] for i in keep]
+    cases = list(dict.fromkeys(name.split("_depth", 1)[1] for name in runs))
+    for ax, init in zip(axes, inits, strict=True):
+        for k, case in enumerate(cases):
+            run = runs.get(f"{init}_depth{case}")
+            if run is None:
+                continue
+            color = f"C{k % 10}"
+            lw = 3.0 if "_width1_" in f"_{case}_" else 1.2  # equal widths' curves coincide (A1)
+            net = [run["net"][i] for i in keep]
+            ax.loglog(steps, net, color=color, lw=lw, label=f"depth{case}")
+            ax.loglog(steps, [run["emulation"][i] for i in keep], ls="--", color=color, lw=lw)
+        ax.set_xlabel("iteration")
+        ax.set_title(f"A1: {init.replace('_', '-')} init", fontsize=10)
+    axes[0].set_ylabel("training loss L(W_e) (l_p loss units)")
+    last = axes[-1]
+    last.plot([], [], "k-", label="solid: factor GD (the network)")
+    last.plot([], [], "k--", label="dashed: end-to-end emulation")
+    last.plot([], [], "k-", lw=3.0, label="thick: width 1 (thin: width 100)")
+    last.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("GD on the factors vs the end-to-end update rule (Ethanol)", fontsize=10)
+    fig.tight_layout()
     return {"update_rule": fig}
 
 
@@ -254,13 +274,33 @@ def plot_deep_init(config: Config, metrics: Metrics) -> dict[str, Any]:
 
     fig = Figure(figsize=(5, 3.5))
     ax = fig.add_subplot()
-    steps = [max(s, 1) for s in metrics["steps"]]
+    keep = [i for i, s in enumerate(metrics["steps"]) if s > 0]  # log axis: from step 1
+    steps = [metrics["steps"][i] for i in keep]
+    absent = []
     for key, run in metrics["runs"].items():
-        if run["gap"] is not None:
-            ax.loglog(steps, run["gap"], label=f"{key} (lr {run['lr']:g})")
+        if run["gap"] is None:
+            absent.append(key)
+            continue
+        depth = int(key.split("_")[0].removeprefix("depth"))
+        k = config["depths"].index(depth) if depth in config["depths"] else 0
+        # near-zero runs stall on one level: dashed with a marker per depth, so none hides another
+        style: dict[str, Any] = {"ls": "-"}
+        if "near_zero" in key:
+            style = {
+                "ls": "--",
+                "marker": "os^vD"[k % 5],
+                "markevery": (k * 0.05, 0.2),
+                "mfc": "none",
+            }
+        color = f"C{k}"
+        gap = [run["gap"][i] for i in keep]
+        ax.loglog(steps, gap, color=color, label=f"{key} (lr {run['lr']:g})", **style)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("L - L* (l4)")
+    ax.set_ylabel("L - L* (l4 loss units)")
+    note = f"\nnot drawn (no finite run at any lr): {', '.join(absent)}" if absent else ""
+    ax.set_title(f"A10: near-zero vs identity init, depths {config['depths']}{note}", fontsize=9)
     ax.legend(fontsize=7)
+    fig.tight_layout()
     return {"deep_init": fig}
 
 

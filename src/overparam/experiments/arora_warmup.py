@@ -123,7 +123,7 @@ def judge_warmup(config: Config, m: Metrics) -> list[Verdict]:
 def plot_warmup(config: Config, m: Metrics) -> dict[str, Any]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 3.2))
+    fig = Figure(figsize=(10, 3.6))
     steps = [s + 1 for s in m["steps"]]
     for i, (key, label) in enumerate(
         [("rho", "adaptive rate rho_t / eta"), ("momentum_share", "momentum share of the step")]
@@ -131,16 +131,24 @@ def plot_warmup(config: Config, m: Metrics) -> dict[str, Any]:
         ax = fig.add_subplot(1, 3, i + 1)
         values = m["curves"][key]
         values = [v / config["lr"] for v in values] if key == "rho" else values
-        ax.loglog(steps, values, label="past gradients" if i else None)
+        ax.loglog(steps, values, label="past gradients" if i else "rho_t / eta")
+        hidden = sum(1 for v in values if v is None or not v > 0)
+        if hidden:
+            label = f"{label}\n({hidden} points <= 0 not drawn on the log axis)"
         if i:
             ax.loglog(steps, m["curves"]["init_share"], label="init term")
-            ax.legend(fontsize=7)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("iteration t + 1")
+        ax.set_ylabel(
+            "rho_t / eta (dimensionless)" if key == "rho" else "share of |step| (fraction)"
+        )
         ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=7)
     ax = fig.add_subplot(1, 3, 3)
     ax.loglog(steps, m["curves"]["loss"])
-    ax.set_xlabel("iteration")
-    ax.set_title("l_p loss", fontsize=9)
+    ax.set_xlabel("iteration t + 1")
+    ax.set_ylabel("loss (l_p loss units)")
+    ax.set_title("l_p loss of w = w1 * omega2", fontsize=9)
+    fig.suptitle("A7: the scalar warm-up w = w1 * omega2 on Ethanol", fontsize=10)
     fig.tight_layout()
     return {"warmup": fig}
 

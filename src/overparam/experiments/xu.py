@@ -193,7 +193,7 @@ def judge_figure1(cfg: Config, m: Metrics) -> list[Verdict]:
 def plot_figure1(cfg: Config, m: Metrics) -> dict[str, Any]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(8.5, 4))
     ax = fig.add_subplot()
     c = m["curves"]
     for key, label in [
@@ -205,10 +205,11 @@ def plot_figure1(cfg: Config, m: Metrics) -> dict[str, Any]:
         ("plain_eta_max", "not overparam., eta_max"),
     ]:
         ax.semilogy(c["steps"], np.maximum(np.asarray(c[key], dtype=float), 1e-300), label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("L(t) - L*")
-    ax.set_title("X = I_20 (seed 0): bounds versus measured")
-    ax.legend(fontsize=7)
+    ax.set_xlabel("GD iteration t")
+    ax.set_ylabel("L(t) - L* (squared-loss units)")
+    ax.set_title("X6-X8, Figure 1: X = I_20 (seed 0), bounds versus measured", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
     return {"figure1": fig}
 
 
