@@ -16,3 +16,6 @@ def test_readme_has_examples():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, capsys):
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {})
+    printed = capsys.readouterr().out
+    # every number the examples print is finite
+    assert not re.search(r"\b(nan|inf)\b", printed, flags=re.I), printed

@@ -6,7 +6,7 @@ Each check raises ``ValueError`` naming the argument, what was expected and what
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -33,19 +33,43 @@ def positive(value: float, name: str, allow_zero: bool = False) -> float:
     return float(value)
 
 
+FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+HALF = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the numerics run in: float32 for half precision, else ``dtype`` itself."""
+    return torch.float32 if dtype in HALF else dtype
+
+
 def floating(x: Tensor, name: str, min_dim: int = 0) -> Tensor:
-    """Check a floating-point tensor of at least ``min_dim`` dimensions with finite entries."""
+    """Check a tensor of a dtype in :data:`FLOATING`, of at least ``min_dim`` dimensions, with
+    finite entries (NaN and +-inf are rejected)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"`{name}` must have a floating dtype (float32/float64), got {x.dtype}")
+    if x.dtype not in FLOATING:
+        raise ValueError(
+            f"`{name}` must have a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {x.dtype}"
+        )
     if x.dim() < min_dim:
         raise ValueError(
             f"`{name}` must have at least {min_dim} dimensions, got shape {tuple(x.shape)}"
         )
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"`{name}` contains NaN or infinite entries")
+    extent(x, name)
     return x
+
+
+def extent(x: Tensor, name: str) -> float:
+    """``max |x|`` (0 for an empty tensor); ``ValueError`` for NaN or infinite entries.
+
+    One ``aminmax`` pass (NaN propagates through it), cheaper than ``isfinite(x).all()``."""
+    if x.numel() == 0:
+        return 0.0
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"`{name}` contains NaN or infinite entries")
+    return max(-lo, hi)
 
 
 def same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
@@ -58,10 +82,45 @@ def same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
         raise ValueError(f"`{name_b}` must have the dtype of `{name_a}` ({a.dtype}), got {b.dtype}")
 
 
+def same_dtype(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Check that two tensors have the same dtype."""
+    if a.dtype != b.dtype:
+        raise ValueError(f"`{name_b}` must have the dtype of `{name_a}` ({a.dtype}), got {b.dtype}")
+
+
 def int_sequence(values: Sequence[int], name: str, minimum: int = 1) -> list[int]:
     """Check a sequence of integers each >= ``minimum``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(
+            f"`{name}` must be an integer or a sequence of integers >= {minimum}, got {values!r}"
+        )
     out = list(values)
     for v in out:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"`{name}` must contain integers >= {minimum}, got {out}")
     return out
+
+
+def batch_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """Check that the leading (batch) dimensions broadcast; return the broadcast shape."""
+    try:
+        return tuple(torch.broadcast_shapes(*shapes.values()))
+    except RuntimeError:
+        listed = ", ".join(f"`{name}` {tuple(shape)}" for name, shape in shapes.items())
+        raise ValueError(f"batch dimensions of {listed} must broadcast") from None
+
+
+def matrices(values: Sequence[Tensor], name: str) -> list[Tensor]:
+    """Check a non-empty list or tuple of finite floating matrices (``>= 2`` dims) of one dtype."""
+    if isinstance(values, Tensor) or not isinstance(values, (list, tuple)):
+        kind = "a Tensor" if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"`{name}` must be a sequence of tensors, got {kind}")
+    if len(values) == 0:
+        raise ValueError(f"`{name}` must contain at least one matrix, got an empty sequence")
+    for j, x in enumerate(values):
+        floating(x, f"{name}[{j}]", min_dim=2)
+        if x.dtype != values[0].dtype:
+            raise ValueError(
+                f"`{name}[{j}]` must have the dtype of `{name}[0]` ({values[0].dtype}), got {x.dtype}"
+            )
+    return list(values)

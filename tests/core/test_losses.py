@@ -32,5 +32,48 @@ def test_errors(gen):
     X = torch.randn(10, 3, dtype=F64)
     with pytest.raises(ValueError, match="`p` must be a real number >= 1, got 0.5"):
         lp_loss(X, X, 0.5)
-    with pytest.raises(ValueError, match="shapes must satisfy"):
+    with pytest.raises(
+        ValueError, match=r"`X` must have W.shape\[-1\] = 4 columns, got shape \(10, 3\)"
+    ):
         lp_gradient(torch.zeros(1, 4, dtype=F64), X, X[:, :1], 2)
+
+
+def test_shapes_never_broadcast_silently(gen):
+    pred = torch.randn(5, 1, generator=gen, dtype=F64)
+    with pytest.raises(
+        ValueError, match=r"`target` must have the shape of `pred` \(5, 1\).*got \(5,\)"
+    ):
+        lp_loss(pred, pred[:, 0], 2)
+    with pytest.raises(
+        ValueError, match=r"`target` must have the shape of `pred` \(5,\).*got \(5, 1\)"
+    ):
+        lp_loss(pred[:, 0], pred, 2)
+    # leading batch dimensions broadcast: K predictions against one target
+    batch = torch.randn(3, 5, 1, generator=gen, dtype=F64)
+    torch.testing.assert_close(lp_loss(batch, pred, 2)[1], lp_loss(batch[1], pred, 2))
+    with pytest.raises(
+        ValueError, match=r"batch dimensions of `pred` \(3,\), `target` \(2,\) must broadcast"
+    ):
+        lp_loss(batch, torch.zeros(2, 5, 1, dtype=F64), 2)
+    with pytest.raises(ValueError, match="`target` must have the dtype of `pred`"):
+        lp_loss(pred, pred.float(), 2)
+
+
+def test_gradient_names_the_mismatched_argument(gen):
+    X = torch.randn(10, 3, generator=gen, dtype=F64)
+    Y = torch.randn(10, 2, generator=gen, dtype=F64)
+    W = torch.randn(2, 3, generator=gen, dtype=F64)
+    with pytest.raises(
+        ValueError, match=r"`X` must have W.shape\[-1\] = 3 columns, got shape \(10, 4\)"
+    ):
+        lp_gradient(W, torch.zeros(10, 4, dtype=F64), Y, 2)
+    with pytest.raises(
+        ValueError, match=r"`Y` must have W.shape\[-2\] = 2 columns, got shape \(10, 1\)"
+    ):
+        lp_gradient(W, X, Y[:, :1], 2)
+    with pytest.raises(ValueError, match=r"`Y` must have the 10 rows of `X`, got shape \(9, 2\)"):
+        lp_gradient(W, X, Y[:9], 2)
+    with pytest.raises(ValueError, match="`X` must have the dtype of `W`"):
+        lp_gradient(W, X.float(), Y, 2)
+    with pytest.raises(ValueError, match=r"batch dimensions of `W` \(4,\), `X` \(2,\)"):
+        lp_gradient(W.expand(4, 2, 3), X.expand(2, 10, 3), Y, 2)

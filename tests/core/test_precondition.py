@@ -1,5 +1,7 @@
 """The end-to-end preconditioner against independent float64 computations."""
 
+import math
+
 import pytest
 import torch
 
@@ -169,7 +171,10 @@ def test_single_output_at_zero():
         (lambda W: precondition(W, W[:, :2], 2), r"`G` must have the shape of `W` \(3, 3\)"),
         (lambda W: precondition(W, W.float(), 2), "`G` must have the dtype of `W`"),
         (lambda W: precondition(W[0], W[0], 2), "`W` must have at least 2 dimensions"),
-        (lambda W: precondition(W.long(), W.long(), 2), "`W` must have a floating dtype"),
+        (
+            lambda W: precondition(W.long(), W.long(), 2),
+            "`W` must have a floating dtype \\(float16, bfloat16, float32 or float64\\)",
+        ),
         (lambda W: precondition(W * float("nan"), W, 2), "`W` contains NaN"),
         (lambda W: precondition_inverse(W[:, :1] @ W[:1], W, 2), "`W` must have full rank"),
         (lambda W: single_output_precondition(W[0], W[1, :2], 2), "`g` must have the shape of `w`"),
@@ -212,7 +217,98 @@ def test_lopsided_path_equals_direct_svd_path(gen, shape, depth):
         # two exact factorizations of one operator: rounding of a QR and two SVDs, ~1e-14 relative
         torch.testing.assert_close(
             precondition(W, G, depth),
-            _apply(W, G, float(depth), inverse=False),
+            _apply(W, G, float(depth)),
             rtol=1e-11,
             atol=1e-11,
         )
+
+
+def _conditioned(cond: float, shape, dtype, seed: int):
+    """W = Q1 diag(logspace(0, -log10 cond)) Q2^T with Haar-random orthonormal Q1, Q2."""
+    g = torch.Generator().manual_seed(seed)
+    m, n = shape
+    r = min(m, n)
+    Q1, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=F64))
+    Q2, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    s = torch.logspace(0, -math.log10(cond), r, dtype=F64)
+    W = (Q1[:, :r] * s) @ Q2[:, :r].T
+    return W.to(dtype), torch.randn(m, n, generator=g, dtype=F64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("shape", [(6, 6), (8, 5), (4, 7)])
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_inverse_is_accurate_to_the_conditioning(dtype, shape, depth):
+    """The round trip A^{-1}(A(G)) is accurate to eps * kappa, kappa = (s_max/s_min)^(2(N-1)/N)
+    (times N for non-square W), the operator's condition number: the rounding of A(G) alone
+    costs that much (benchmarks/accuracy_inverse.py: error / (eps kappa) between 0.04 and 0.31
+    for 1e2 <= cond <= 1e14, 5 seeds each); every condition number within rtol is honoured."""
+    eps = torch.finfo(dtype).eps
+    factor = 1 if shape[0] == shape[1] else depth
+    for cond in (1e2, 1e4, 1e6, 1e8, 1e10, 1e12, 1e14):
+        kappa = factor * cond ** (2 * (depth - 1) / depth)
+        if eps * kappa > 1e-2 or cond * max(shape) * eps >= 1:
+            continue
+        for seed in range(3):
+            W, G = _conditioned(cond, shape, dtype, seed)
+            back = precondition_inverse(W, precondition(W, G, depth), depth)
+            assert float((back - G).norm() / G.norm()) <= eps * kappa
+
+
+def test_ill_conditioned_inverse_is_refused_with_the_numbers():
+    W, Z = _conditioned(1e12, (6, 6), F64, 0)
+    message = (
+        r"`W` is too ill-conditioned to invert the preconditioner to `rtol` = 0.01: condition "
+        r"number 1.00e\+12 gives an operator condition number 1.00e\+16, attainable relative "
+        r"accuracy eps \* kappa = 2.2e\+00 in torch.float64"
+    )
+    with pytest.raises(ValueError, match=message):
+        precondition_inverse(W, Z, 3)
+    with pytest.raises(ValueError, match="attainable relative accuracy"):
+        metric(W, Z, Z, 3)
+    W14, Z14 = _conditioned(1e14, (6, 6), F64, 0)  # depth 2: kappa 1e14, bound 2.2e-2
+    with pytest.raises(ValueError, match=r"eps \* kappa = 2.2e-02"):
+        precondition_inverse(W14, Z14, 2)
+    G = precondition_inverse(W14, Z14, 2, rtol=0.1)  # accepted when asked for
+    # the residual A(A^{-1}(Z)) - Z is bounded by eps * kappa as well (measured 2.3e-4)
+    assert float((precondition(W14, G, 2) - Z14).norm() / Z14.norm()) < 2.2e-2
+    with pytest.raises(ValueError, match="`rtol` must be > 0, got 0"):
+        precondition_inverse(W14, Z14, 2, rtol=0)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 2.5])
+def test_homogeneity_keeps_huge_and_tiny_inputs_finite(gen, depth):
+    """A_{N,cW}(dG) = c^(2(N-1)/N) d A_{N,W}(G): W at 1e200 and G at 1e-200 (float64), W at 1e30
+    and G at 1e-30 (float32) give the scaled O(1) result; both at 1e200 overflow to inf with the
+    sign of the O(1) result, never nan."""
+    W = torch.randn(4, 6, generator=gen, dtype=F64)
+    G = torch.randn(4, 6, generator=gen, dtype=F64)
+    base = precondition(W, G, depth)
+    p = 2 * (depth - 1) / depth
+    for c, d in [(1e200, 1e-200), (1e-150, 1e150), (2.0**-1000, 2.0**600)]:
+        expected = base * math.exp(p * math.log(c) + math.log(d))  # c^p alone may underflow
+        torch.testing.assert_close(precondition(c * W, d * G, depth), expected, rtol=1e-11, atol=0)
+    both = precondition(1e200 * W, 1e200 * G, depth)
+    assert torch.equal(both, torch.where(base > 0, math.inf, -math.inf))
+    W32, G32 = W.float(), G.float()
+    got = precondition(1e30 * W32, 1e-30 * G32, depth).double()
+    expected = precondition(W32, G32, depth).double() * math.exp((p - 1) * math.log(1e30))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=0)
+    inverse = precondition_inverse(1e200 * W, 1e-200 * G, depth)
+    torch.testing.assert_close(
+        inverse,
+        precondition_inverse(W, G, depth) * math.exp(-p * math.log(1e200) + math.log(1e-200)),
+        rtol=1e-11,
+        atol=0,
+    )
+
+
+def test_subnormal_inputs_are_scaled_exactly(gen):
+    """W with entries below the smallest normal float64 (2^-1022): divided by an exact power of
+    two, the operator is that of 2^1074 W scaled back (depth 2: degree 1 in W)."""
+    W = torch.randn(3, 3, generator=gen, dtype=F64)
+    G = torch.randn(3, 3, generator=gen, dtype=F64)
+    tiny = W * 2.0**-1040  # subnormal entries (about 13 significant bits)
+    out = precondition(tiny, G * 2.0**1000, 2)
+    expected = precondition(tiny * 2.0**520 * 2.0**520, G, 2) * 2.0**-40
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=0)

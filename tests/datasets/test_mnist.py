@@ -68,3 +68,25 @@ def test_real_mnist():
     assert xs.shape == (60000, 28, 28)
     assert ys[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the well-known first labels
     assert ys.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        gzip.compress(idx_bytes(LABEL_MAGIC, np.arange(10, dtype=np.uint8)))[:-6],  # truncated
+        b"\x1f\x8b\x08\x00garbage that is no deflate stream",  # gzip magic, corrupt body
+        b"not gzip at all",
+    ],
+)
+def test_corrupt_gzip_names_the_file_and_the_remedy(tmp_path, content):
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(content)
+    message = rf"MNIST file {path} is not a readable gzip file .*: delete it"
+    with pytest.raises(ValueError, match=message):
+        read_idx(path, LABEL_MAGIC, (10,))
+
+
+def test_path_must_be_a_directory(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ValueError, match="`path` must be an existing directory"):
+        mnist("test", path=tmp_path / "file", download=False)

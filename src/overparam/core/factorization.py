@@ -16,10 +16,31 @@ from torch import Tensor
 from overparam import _validate
 
 
+def _check_chain(factors: Sequence[Tensor]) -> None:
+    for j in range(len(factors) - 1):
+        a, b = factors[j], factors[j + 1]
+        if b.shape[-1] != a.shape[-2]:
+            raise ValueError(
+                f"`factors` must chain: W_{j + 2} has {b.shape[-1]} columns but W_{j + 1} has "
+                f"{a.shape[-2]} rows"
+            )
+
+
 def product(factors: Sequence[Tensor]) -> Tensor:
-    """End-to-end matrix ``W_N ... W_1`` of factors listed ``W_1`` first (batched over leading dims)."""
+    """End-to-end matrix ``W_N ... W_1`` of factors listed ``W_1`` first (batched over leading dims).
+
+    The forward pass of a factorized model: plain matrix products, so NaN and inf propagate as in
+    ``torch.matmul`` (the one core function that does not reject them).
+    """
+    if isinstance(factors, Tensor):
+        raise ValueError("`factors` must be a sequence of tensors, got a Tensor")
     if len(factors) == 0:
         raise ValueError("`factors` must contain at least one matrix, got an empty sequence")
+    for j, f in enumerate(factors):
+        if not isinstance(f, Tensor) or f.dim() < 2:
+            got = f"shape {tuple(f.shape)}" if isinstance(f, Tensor) else type(f).__name__
+            raise ValueError(f"`factors[{j}]` must be a matrix (>= 2 dimensions), got {got}")
+    _check_chain(factors)
     out = factors[0]
     for W in factors[1:]:
         out = W @ out
@@ -27,15 +48,20 @@ def product(factors: Sequence[Tensor]) -> Tensor:
 
 
 def numerical_rank(W: Tensor) -> int:
-    """Largest rank over the batch, counting singular values above ``max(m, n) * eps * s_max``."""
-    s = torch.linalg.svdvals(W)
-    tol = max(W.shape[-2], W.shape[-1]) * torch.finfo(W.dtype).eps * s[..., :1]
+    """Largest rank over the batch, counting singular values above ``max(m, n) * eps * s_max``.
+
+    ``eps`` is that of the dtype the SVD runs in (float32 for half-precision input).
+    """
+    _validate.floating(W, "W", min_dim=2)
+    work = _validate.compute_dtype(W.dtype)
+    s = torch.linalg.svdvals(W.to(work))
+    tol = max(W.shape[-2], W.shape[-1]) * torch.finfo(work).eps * s[..., :1]
     return int((s > tol).sum(dim=-1).max()) if s.numel() else 0
 
 
 def _hidden_widths(widths: int | Sequence[int] | None, depth: int, m: int, n: int) -> list[int]:
     if widths is None:
-        return [min(m, n)] * (depth - 1)
+        return [min(m, n)] * (depth - 1)  # 0 for an empty W: empty factors
     if isinstance(widths, int) and not isinstance(widths, bool):
         return _validate.int_sequence([widths] * (depth - 1), "widths")
     out = _validate.int_sequence(widths, "widths")  # type: ignore[arg-type]
@@ -61,7 +87,8 @@ def balanced_factors(
             ``min(m, n)``.  Each must be at least the numerical rank of ``W``.
 
     Returns:
-        The list of ``N`` factors, ``W_1`` first; ``W_j`` has shape ``(..., d_j, d_{j-1})``.
+        The list of ``N`` factors, ``W_1`` first; ``W_j`` has shape ``(..., d_j, d_{j-1})`` and
+        the dtype of ``W`` (half precision is factored in float32, each factor rounded once).
     """
     _validate.floating(W, "W", min_dim=2)
     N = int(_validate.depth(depth, integer=True))
@@ -69,6 +96,9 @@ def balanced_factors(
     hidden = _hidden_widths(widths, N, m, n)
     if N == 1:
         return [W.clone()]
+    work = _validate.compute_dtype(W.dtype)
+    if work != W.dtype:
+        return [f.to(W.dtype) for f in balanced_factors(W.to(work), N, widths)]
     k = min([m, n, *hidden])
     rank = numerical_rank(W)
     if k < rank:
@@ -98,14 +128,15 @@ def imbalance(factors: Sequence[Tensor]) -> list[Tensor]:
     """Differences ``W_{j+1}^T W_{j+1} - W_j W_j^T`` for ``j = 1..N-1`` (zero when balanced).
 
     Constant under gradient flow on any differentiable loss of the product (claims A2, T1, X1).
+    Each difference is formed in float32 for half-precision factors and returned in their dtype.
+
+    Args:
+        factors: a list or tuple ``[W_1, ..., W_N]`` of finite matrices of one dtype.
     """
-    if len(factors) == 0:
-        raise ValueError("`factors` must contain at least one matrix, got an empty sequence")
-    for j in range(len(factors) - 1):
-        a, b = factors[j], factors[j + 1]
-        if b.shape[-1] != a.shape[-2]:
-            raise ValueError(
-                f"`factors` must chain: W_{j + 2} has {b.shape[-1]} columns but W_{j + 1} has "
-                f"{a.shape[-2]} rows"
-            )
-    return [b.mT @ b - a @ a.mT for a, b in zip(factors[:-1], factors[1:], strict=True)]
+    factors = _validate.matrices(factors, "factors")
+    _check_chain(factors)
+    work = _validate.compute_dtype(factors[0].dtype)
+    wide = [f.to(work) for f in factors]
+    return [
+        (b.mT @ b - a @ a.mT).to(factors[0].dtype) for a, b in zip(wide[:-1], wide[1:], strict=True)
+    ]

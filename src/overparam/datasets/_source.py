@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def data_dir(path: str | os.PathLike[str] | None, subdir: str) -> Path:
     """
     if path is not None:
         root = Path(path).expanduser()
-        if not root.exists():
+        if not root.is_dir():
             raise ValueError(f"`path` must be an existing directory, got {str(root)!r}")
         return root / subdir if (root / subdir).is_dir() else root
     env = os.environ.get(ENV)
@@ -35,7 +36,10 @@ def data_dir(path: str | os.PathLike[str] | None, subdir: str) -> Path:
 def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` atomically; ``OSError`` with the URL when offline."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
+    # a unique partial name: concurrent downloads of one file never write into each other
+    fd, name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             while chunk := response.read(1 << 20):

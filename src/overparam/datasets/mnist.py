@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,20 @@ def _locate(directory: Path, stem: str, allow_download: bool) -> Path:
     )
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed for ``.gz``; a corrupt archive is a ``ValueError``."""
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(
+            f"MNIST file {path} is not a readable gzip file ({type(error).__name__}: {error}): "
+            f"delete it to download it again, or replace it with an intact copy"
+        ) from None
+
+
 def read_idx(file: str | os.PathLike[str], magic: int, shape: tuple[int, ...]) -> np.ndarray:
     """Read an unsigned-byte IDX file and check its magic number and sizes.
 
@@ -63,11 +78,13 @@ def read_idx(file: str | os.PathLike[str], magic: int, shape: tuple[int, ...]) -
 
     Returns:
         A ``uint8`` array of shape ``shape``.
+
+    Raises:
+        ValueError: naming the file, for a corrupt or truncated ``.gz``, a wrong magic number,
+            wrong sizes or a wrong length.
     """
     path = Path(file)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    raw = _read_bytes(path)
     ndim = len(shape)
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -102,10 +119,10 @@ def mnist(
         ``(images, labels)``: ``float32`` of shape ``(count, 28, 28)`` equal to ``byte / 255``, and
         ``int64`` of shape ``(count,)`` in ``0..9``.
 
-    Example:
-        >>> images, labels = mnist("test")  # doctest: +SKIP
-        >>> images.shape, labels.shape
-        (torch.Size([10000, 28, 28]), torch.Size([10000]))
+    Example (reads or downloads the files, so it is not run as a doctest)::
+
+        images, labels = mnist("test")
+        images.shape, labels.shape  # (torch.Size([10000, 28, 28]), torch.Size([10000]))
     """
     if split not in FILES:
         raise ValueError(f"`split` must be one of {tuple(FILES)}, got {split!r}")
