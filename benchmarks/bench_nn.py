@@ -1,101 +1,311 @@
-"""Training-step time of the overparameterized and EndToEndSGD ConvNets relative to the original,
-and inference time after collapse.
+"""Training-step time of every optimizer path relative to plain SGD, in one process per model.
 
-Run: ``.venv/bin/python benchmarks/bench_nn.py [--device cpu|cuda] [--batch 64] [--repeats 30]
-[--threads T]``.
-The network is the MNIST ConvNet of the ``mnist-convnet`` experiment (TF tutorial sizes by
-default).  Rows, all measured in one process with the same random batch, median milliseconds:
-``original`` (SGD momentum), ``overparameterized`` (dense layers depth 2, SGD momentum),
-``end_to_end`` (original + EndToEndSGD, depth 2 on the dense weights); then eval-mode inference
-of the original and of the collapsed overparameterized model.  Target (issue 7): training
-ratios <= 1.15, inference ratio 1.
+Run: ``.venv/bin/python benchmarks/bench_nn.py [--threads 1] [--repeats 5] [--block 10]
+[--models convnet-8 convnet-64 block mlp] [--device cpu|cuda]``.
+
+Models: ``convnet-B`` the source's MNIST ConvNet (5x5 convs 32 and 64, 2x2 pools, dense
+3136 -> 512 -> 10; dropout left out) at batch ``B``; ``block`` a pre-LN transformer block of width
+256 (4 heads, separate q/k/v/o projections, MLP 1024) on 8 x 64 tokens; ``mlp`` a wide MLP
+784 -> 1024 -> 1024 -> 10 at batch 8.  Rows (median over ``--repeats`` round-robin samples of
+``--block`` consecutive steps, so a refresh every ``block`` steps is inside every sample; an
+untimed forward and backward pass precedes each sample):
+
+* ``sgd`` (momentum 0.9, the reference) and ``adamw``;
+* ``muon``: ``torch.optim.Muon`` on the 2-D hidden ``nn.Linear`` weights, AdamW on the rest;
+* ``over-sgd-N``: :func:`overparameterize` (``nn.Linear`` layers, depth ``N``, default widths)
+  trained with SGD; its ``MAC ratio`` is the multiply-add count of the orders the contraction
+  rule allows, from the layer shapes and the batch: per layer the cheaper of the product route
+  (``d_j d_{j-1} n`` per factor product, plus ``B n m``) and the chained route
+  (``B (n d_1 + ... + d_{N-1} m)``), backward counted as twice the forward on both sides;
+* ``e2e-exact`` / ``e2e-k``: the original model with :class:`EndToEndSGD` (depth 2 on the
+  ``nn.Linear`` weights, the others ``depth=1``), ``precondition_every=1`` and the default; its
+  ``MAC ratio`` adds the multiply-adds of applying the preconditioner
+  (:func:`overparam.core._cached.application_multiply_adds`) to the SGD step's, the floor of any
+  amortization (factorizations excluded).
+
+For the overparameterized ConvNet the last row is the inference time after :func:`collapse`
+(ratio to the original's).  Each model ends with the trajectory gap of the default
+``precondition_every`` against the exact rule after ``--gap-steps`` steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
-from overparam.experiments.mnist_convnet import convnet, make_variant, objective
-from overparam.nn import collapse
+from overparam.core._cached import application_multiply_adds
+from overparam.nn import collapse, factors_of, overparameterize
+from overparam.optim import EndToEndSGD
+from overparam.optim._end_to_end_sgd import DEFAULT_PRECONDITION_EVERY
+
+Batch = tuple[Tensor, Tensor]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Block(nn.Module):
+    """Pre-LN transformer block: attention with q/k/v/o ``nn.Linear`` projections, GELU MLP."""
+
+    def __init__(self, width: int = 256, heads: int = 4, hidden: int = 1024) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, w = x.shape
+        h = self.ln1(x)
+        q, k, v = (
+            f(h).view(b, t, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v)
+        )
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, w)
+        x = x + self.o(a)
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
 
 
-def median_ms(
-    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 3
+def build(name: str, gen: torch.Generator) -> tuple[nn.Module, Batch, Callable[..., Tensor], int]:
+    """``(model, batch, loss_fn, extra multiply-adds per forward outside Linear/Conv layers)``."""
+    if name.startswith("convnet"):
+        batch = int(name.split("-")[1])
+        net = nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(7 * 7 * 64, 512), nn.ReLU(), nn.Linear(512, 10),
+        )  # fmt: skip
+        x = torch.randn(batch, 1, 28, 28, generator=gen)
+        return net, (x, torch.randint(0, 10, (batch,), generator=gen)), F.cross_entropy, 0
+    if name == "block":
+        x = torch.randn(8, 64, 256, generator=gen)
+        return Block(), (x, torch.randn(8, 64, 256, generator=gen)), F.mse_loss, 2 * 8 * 64 * 64 * 256  # fmt: skip
+    if name == "mlp":
+        net = nn.Sequential(
+            nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+        )
+        x = torch.randn(8, 784, generator=gen)
+        return net, (x, torch.randint(0, 10, (8,), generator=gen)), F.cross_entropy, 0
+    raise ValueError(f"unknown model {name!r}")
+
+
+def layer_positions(model: nn.Module, x: Tensor) -> dict[str, int]:
+    """Input positions ``B`` (batch x tokens, or batch x output pixels) of every Linear/Conv2d."""
+    seen: dict[str, int] = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, name=name: seen.__setitem__(name, i[0].numel() // m.in_features)))  # fmt: skip
+        elif isinstance(mod, nn.Conv2d):
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, name=name: seen.__setitem__(name, o.numel() // o.shape[1])))  # fmt: skip
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def chosen_macs(factors: list[Tensor], positions: int) -> int:
+    """Forward multiply-adds of the cheaper contraction order of ``W_N ... W_1`` on ``B`` inputs."""
+    shapes = [(f.shape[0], f[0].numel()) for f in factors]  # (rows, cols) of each factor
+    m, n = shapes[-1][0], shapes[0][1]
+    product = sum(shapes[j][0] * shapes[j][1] * n for j in range(1, len(shapes)))
+    product += positions * n * m
+    chained = positions * sum(r * c for r, c in shapes)
+    return min(product, chained)
+
+
+def step_macs(model: nn.Module, positions: dict[str, int], extra: int) -> int:
+    """Forward multiply-adds of ``model`` (each layer's chosen order when overparameterized)."""
+    total = extra
+    for name, mod in model.named_modules():
+        if name not in positions:
+            continue
+        try:
+            total += chosen_macs(factors_of(mod), positions[name])
+        except ValueError:  # a plain layer
+            total += positions[name] * mod.weight.numel()
+    return total
+
+
+def optimizers(model: nn.Module, name: str, head: bool) -> Any:
+    """The optimizer of row ``name`` for ``model`` (already overparameterized if it should be);
+    Muon takes the 2-D ``nn.Linear`` weights except the output head (when ``head``)."""
+    linear = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    ids = {id(w) for w in linear}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if name == "muon":
+        hidden = linear[:-1] if head else linear
+        hid = {id(w) for w in hidden}
+        other = [p for p in model.parameters() if id(p) not in hid]
+        return [torch.optim.Muon(hidden, lr=1e-3), torch.optim.AdamW(other, lr=1e-3)]
+    if name.startswith("e2e"):
+        every = 1 if name == "e2e-exact" else DEFAULT_PRECONDITION_EVERY
+        groups = [{"params": linear}, {"params": rest, "depth": 1}]
+        return EndToEndSGD(groups, lr=1e-3, depth=2, momentum=0.9, precondition_every=every)
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+
+def timed(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    sync: Callable[[], None],
+    warm: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, float]:
-    """Median wall time (ms) of each ``fn()``, timed round-robin so that load drift on a shared
-    machine hits every variant alike (device synchronized around each call)."""
+    """Median wall time (ms) per call, round-robin so that load drift hits every row alike;
+    ``warm[name]()`` runs untimed before each sample (the previous row's memory use and cache
+    state must not land on the next row's first step)."""
     for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+        fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            _sync(device)
+            if warm is not None:
+                warm[name]()
+            sync()
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync()
             times[name].append(1e3 * (time.perf_counter() - start))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def muon_macs(weights: list[Tensor], steps: int = 5) -> int:
+    """Newton-Schulz multiply-adds of torch's Muon: per step ``2 r^2 k + r^3`` (``r <= k``)."""
+    total = 0
+    for w in weights:
+        r, k = sorted(w.shape)
+        total += steps * (2 * r * r * k + r**3)
+    return total
+
+
+def e2e_run(
+    base: nn.Module, batch: Batch, loss_fn: Callable[..., Tensor], steps: int, lr: float, every: int
+) -> tuple[Tensor, float]:
+    """Parameters and last loss after ``steps`` EndToEndSGD steps on a copy of ``base`` (depth 2
+    on the Linear weights, momentum 0.9, ``precondition_every=every``; the fixed batch plus a
+    seeded perturbation per step, the same for every call)."""
+    x, y = batch
+    net = copy.deepcopy(base).train()
+    linear = [m.weight for m in net.modules() if isinstance(m, nn.Linear)]
+    rest = [p for p in net.parameters() if all(p is not w for w in linear)]
+    opt = EndToEndSGD(
+        [{"params": linear}, {"params": rest, "depth": 1}],
+        lr=lr, depth=2, momentum=0.9, precondition_every=every,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        noise = 0.1 * torch.randn(x.shape, generator=gen).to(x.device)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x + noise), y)
+        loss.backward()
+        opt.step()
+    return torch.cat([p.detach().flatten() for p in net.parameters()]), float(loss.detach())
+
+
+def trajectory_gap(
+    base: nn.Module, batch: Batch, loss_fn: Callable[..., Tensor], steps: int, lr: float
+) -> tuple[float, float, float]:
+    """``|theta_k - theta_1| / |theta_1 - theta_0|`` of the default ``k`` after ``steps`` steps
+    (:func:`e2e_run`), and the two final losses."""
+    exact, exact_loss = e2e_run(base, batch, loss_fn, steps, lr, 1)
+    amortized, amortized_loss = e2e_run(base, batch, loss_fn, steps, lr, DEFAULT_PRECONDITION_EVERY)
+    start = torch.cat([p.detach().flatten() for p in base.parameters()])
+    return float((amortized - exact).norm() / (exact - start).norm()), exact_loss, amortized_loss
+
+
+ROWS = ("sgd", "adamw", "muon", "over-sgd-2", "over-sgd-3", "e2e-exact", "e2e-k")
+
+
+def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    gen = torch.Generator().manual_seed(0)
+    base, (x, y), loss_fn, extra = build(name, gen)
+    base, x, y = base.to(device), x.to(device), y.to(device)
+    positions = layer_positions(base, x)
+    plain = step_macs(base, positions, extra)
+    weights = [m.weight for m in base.modules() if isinstance(m, nn.Linear)]
+    head = name != "block"
+    macs: dict[str, float] = {}
+    fns: dict[str, Callable[[], object]] = {}
+    warm: dict[str, Callable[[], object]] = {}
+    nets: dict[str, nn.Module] = {}
+    for row in ROWS:
+        net = copy.deepcopy(base).train()
+        if row.startswith("over-sgd"):
+            overparameterize(net, depth=int(row[-1]), modules=(nn.Linear,))
+            macs[row] = step_macs(net, positions, extra) / plain
+        if row.startswith("e2e"):
+            apply = sum(application_multiply_adds(w.shape[0], w[0].numel(), 2) for w in weights)
+            macs[row] = (3 * plain + apply) / (3 * plain)
+        if row == "muon":
+            hidden = weights[:-1] if head else weights
+            macs[row] = (3 * plain + muon_macs(hidden)) / (3 * plain)
+        opts = optimizers(net, row, head)
+        opts = opts if isinstance(opts, list) else [opts]
+
+        def steps(net: nn.Module = net, opts: list[Any] = opts) -> None:
+            for _ in range(args.block):
+                for o in opts:
+                    o.zero_grad(set_to_none=True)
+                loss_fn(net(x), y).backward()
+                for o in opts:
+                    o.step()
+
+        def forward_backward(net: nn.Module = net, opts: list[Any] = opts) -> None:
+            loss_fn(net(x), y).backward()  # no step: the amortization phase is kept
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+
+        fns[row], warm[row], nets[row] = steps, forward_backward, net
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    ms = {row: t / args.block for row, t in timed(fns, args.repeats, sync, warm).items()}
+    if name.startswith("convnet"):
+        deployed, original = collapse(nets["over-sgd-2"]).eval(), nets["sgd"].eval()
+        with torch.no_grad():
+            infer = timed({"orig": lambda: original(x), "coll": lambda: deployed(x)}, args.repeats * args.block, sync)  # fmt: skip
+        ms["inference after collapse"] = infer["coll"]
+        macs["inference after collapse"] = 1.0
+        ms["inference: original"] = infer["orig"]
+    gap, exact_loss, amortized_loss = trajectory_gap(base, (x, y), loss_fn, args.gap_steps, 0.01)
+    print(f"\n{name}: forward MACs {plain / 1e6:.1f}M, default precondition_every {DEFAULT_PRECONDITION_EVERY}")  # fmt: skip
+    print(f"{'row':26s} {'ms/step':>9s} {'ratio':>7s} {'MAC ratio':>10s}")
+    for row, t in ms.items():
+        if row == "inference: original":
+            continue
+        ref = ms["inference: original"] if row.startswith("inference") else ms["sgd"]
+        mac = f"{macs[row]:10.2f}" if row in macs else f"{'':10s}"
+        print(f"{row:26s} {t:9.2f} {t / ref:7.2f} {mac}")
+    print(
+        f"trajectory gap after {args.gap_steps} steps (lr 0.01, momentum 0.9): "
+        f"|theta_k - theta_1| / |theta_1 - theta_0| = {gap:.2e}; "
+        f"loss exact {exact_loss:.4f}, amortized {amortized_loss:.4f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--channels", type=int, nargs=2, default=[32, 64])
-    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--models", nargs="+", default=["convnet-8", "convnet-64", "block", "mlp"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--block", type=int, default=DEFAULT_PRECONDITION_EVERY)
+    parser.add_argument("--gap-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    config = {"lr": 0.01, "momentum": 0.9, "depth": 2, "init": "identity"}
-    gen = torch.Generator().manual_seed(0)
-    base = convnet(args.channels, args.hidden, 0.5, gen).to(device)
-    x = torch.randn(args.batch, 1, 28, 28, generator=gen).to(device)
-    y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
-    steps: dict[str, Callable[[], object]] = {}
-    nets = {}
-    for variant in ("original", "overparameterized", "end_to_end"):
-        net, opt = make_variant(base, variant, config)
-        nets[variant] = net.train()
-
-        def step(net: torch.nn.Module = net, opt: torch.optim.Optimizer = opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            objective(net, x, y, 5e-4).backward()  # type: ignore[arg-type]
-            opt.step()
-
-        steps[f"train step: {variant}"] = step
-    rows = median_ms(steps, device, args.repeats)
-    original, deployed = nets["original"].eval(), collapse(nets["overparameterized"]).eval()
-    with torch.no_grad():
-        infer = {
-            f"inference: {name}": (lambda net=net: F.softmax(net(x), 1))
-            for name, net in (("original", original), ("collapsed", deployed))
-        }
-        rows.update(median_ms(infer, device, args.repeats))
-    print(
-        f"device {device}, batch {args.batch}, threads {torch.get_num_threads()}, "
-        f"channels {args.channels}, hidden {args.hidden}, repeats {args.repeats}"
-    )
-    print(f"{'measurement':34s} {'ms':>9s} {'ratio':>7s} {'target':>7s}")
-    for name, ms in rows.items():
-        train = name.startswith("train")
-        ref = rows["train step: original" if train else "inference: original"]
-        target = "<= 1.15" if train else "1.00"
-        print(f"{name:34s} {ms:9.3f} {ms / ref:7.2f} {target:>7s}")  # fmt: skip
+    print(f"device {device}, threads {torch.get_num_threads()}, repeats {args.repeats} x {args.block} steps")  # fmt: skip
+    for name in args.models:
+        bench_model(name, args, device)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The pure mathematics every other part of overparam calls."""
 
+from overparam.core._cached import cached_factorization, precondition_cached
 from overparam.core.factorization import balanced_factors, imbalance, numerical_rank, product
 from overparam.core.losses import lp_gradient, lp_loss, lp_loss_of_matrix, lp_residual_gradient
 from overparam.core.precondition import (
@@ -13,6 +14,7 @@ from overparam.core.precondition import (
 
 __all__ = [
     "balanced_factors",
+    "cached_factorization",
     "geometric_closed_form",
     "imbalance",
     "lp_gradient",
@@ -22,6 +24,7 @@ __all__ = [
     "metric",
     "numerical_rank",
     "precondition",
+    "precondition_cached",
     "precondition_coefficients",
     "precondition_inverse",
     "product",

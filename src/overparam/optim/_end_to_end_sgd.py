@@ -9,6 +9,26 @@ Theorem 1), with
 :class:`EndToEndSGD` applies that update directly to each weight ``W`` (a parameter with 2 or more
 dimensions; a conv kernel is read as the matrix ``out x (in * k ...)``) and plain SGD to the others
 (biases, norms).  Structure follows ``torch.optim.SGD``.
+
+Amortization (``precondition_every=k``, as Shampoo and SOAP amortize their preconditioners): the
+thin SVD ``W = U diag(s) V^T`` is computed at every ``k``-th step of a parameter and cached in its
+state (``basis_u``, ``singular_values``, ``basis_v``); the steps in between apply the operator of
+the cached ``W`` (basis, singular values and coefficients all frozen:
+:func:`overparam.core.precondition_cached`), which costs matrix products only (``3 m^2 n + m^3``
+multiply-adds at depth 2 for ``m <= n``).  ``k = 1`` is the exact rule.  The gap to the exact
+trajectory grows like ``lr (k - 1)`` (a stale operator of age ``j`` errs by ``O(lr j)``);
+``tests/optim/test_end_to_end_amortized.py`` fits both slopes and
+``benchmarks/bench_end_to_end.py`` prints the gap table.  Tracking the singular values in the
+frozen basis (``diag(U^T W V)``) would shrink that gap by a measured 1.4x-1.9x for one more
+``m x n x r`` product per step (a third of the depth-2 cost); a smaller ``k`` buys the same.
+
+Precision: bfloat16/float16 parameters are preconditioned in float32 (factorization, cache and
+direction) and updated in their own dtype; momentum buffers have the parameter's dtype.
+
+Non-finite gradients: ``step`` raises ``ValueError`` naming the param group, the parameter's index
+and shape before any parameter is changed (matrices and biases alike), so a NaN never enters the
+weights or the cached factorization.  (Under ``torch.amp.GradScaler`` the scaler skips the step
+first.)
 """
 
 from __future__ import annotations
@@ -21,7 +41,16 @@ import torch
 from torch import Tensor
 
 from overparam import _validate
-from overparam.core.precondition import precondition
+from overparam.core._cached import (
+    METHODS,
+    Factorization,
+    cached_factorization,
+    precondition_cached,
+)
+
+_CACHE_KEYS = ("basis_u", "singular_values", "basis_v")
+DEFAULT_PRECONDITION_EVERY = 10
+DEFAULT_EPS = 1e-3
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
@@ -29,23 +58,96 @@ def _stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
-def end_to_end_direction(params: list[Tensor], grads: list[Tensor], depth: float) -> list[Tensor]:
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision parameters (no half SVD), the parameter's dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _check_momentum(value: float) -> float:
+    """``momentum`` must lie in ``[0, 1)`` (1 and above diverge: the buffer never forgets)."""
+    _validate.positive(value, "momentum", allow_zero=True)
+    if value >= 1.0:
+        raise ValueError(f"`momentum` must be in [0, 1), got {value}")
+    return float(value)
+
+
+def _check_every(value: int) -> int:
+    """``precondition_every`` must be an integer ``>= 1``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`precondition_every` must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _check_method(value: str) -> str:
+    if value not in METHODS:
+        raise ValueError(f"`factorization` must be one of {METHODS}, got {value!r}")
+    return value
+
+
+def _check_finite(grads: list[Tensor], describe: Callable[[int], str]) -> None:
+    """Raise ``ValueError`` naming ``describe(i)`` for the first gradient with NaN/inf entries.
+
+    Fast path: one sum per gradient (NaN and inf propagate into it) and one device
+    synchronization for the whole list; only a non-finite total (possibly an overflow of finite
+    entries) triggers the entrywise check.
+    """
+    if not grads:
+        return
+    device = grads[0].device  # float32 partial sums: an overflow only sends us to the slow path
+    total = torch.stack([g.sum(dtype=_compute_dtype(g.dtype)).float().to(device) for g in grads])
+    if bool(torch.isfinite(total.sum())):
+        return
+    flags = torch.stack([torch.isfinite(g).all().to(device) for g in grads])
+    if bool(flags.all()):
+        return
+    first = int((~flags).nonzero()[0, 0])
+    raise ValueError(
+        f"the gradient of {describe(first)} contains NaN or infinite entries; "
+        "no parameter was updated"
+    )
+
+
+def _first_non_finite(tensors: list[Tensor], indices: list[int]) -> int | None:
+    return next((i for i in indices if not bool(torch.isfinite(tensors[i]).all())), None)
+
+
+def end_to_end_direction(
+    params: list[Tensor],
+    grads: list[Tensor],
+    depth: float,
+    *,
+    eps: float = 0.0,
+    factorizations: list[Factorization | None] | None = None,
+    method: str = "auto",
+) -> list[Tensor]:
     """``A_{N,W}(G)`` for every ``(W, G)`` with ``W.ndim >= 2``; ``G`` unchanged otherwise.
 
     ``W`` of shape ``(m, ...)`` is read as the matrix ``(m, prod(rest))``.  Parameters of equal
-    shape, dtype and device are stacked and preconditioned in one batched call (one batched SVD).
+    shape, dtype and device are stacked and preconditioned in one batched call.
 
     Args:
         params: the current parameters ``W``.
         grads: their gradients (same shapes).
         depth: the depth ``N >= 1`` of the emulated overparameterization.
+        eps: floor on the singular values (:func:`overparam.core.precondition_cached`).
+        factorizations: optional cache, one entry per parameter: a ``(U, s, V)`` to apply, or
+            ``None`` to factorize the current ``W`` (the result is stored in the list).  Without
+            it every matrix is factorized (the exact rule).
+        method: the factorization (:func:`overparam.core.cached_factorization`).
 
     Returns:
-        The update directions, in the order of ``params``.
+        The update directions, in the order of ``params`` (each in its parameter's dtype).
     """
     if len(params) != len(grads):
         raise ValueError(f"`grads` must have one entry per param ({len(params)}), got {len(grads)}")
+    if factorizations is not None and len(factorizations) != len(params):
+        raise ValueError(
+            f"`factorizations` must have one entry per param ({len(params)}), "
+            f"got {len(factorizations)}"
+        )
     n = _validate.depth(depth)
+    _validate.positive(eps, "eps", allow_zero=True)
+    cache: list[Factorization | None] = factorizations or [None] * len(params)
     out: list[Tensor] = list(grads)
     if n == 1.0:
         return out
@@ -53,14 +155,26 @@ def end_to_end_direction(params: list[Tensor], grads: list[Tensor], depth: float
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         if p.dim() >= 2:
             _validate.same_shape(p, g, "param", "grad")
-            buckets[(tuple(p.shape), p.dtype, p.device)].append(i)
-    for (shape, _, _), idx in buckets.items():
-        rows = shape[0]
-        W = _stack([params[i].detach().reshape(rows, -1) for i in idx])
-        G = _stack([grads[i].reshape(rows, -1) for i in idx])
-        D = precondition(W, G, n)
+            buckets[(tuple(p.shape), p.dtype, p.device, cache[i] is None)].append(i)
+    for (shape, dtype, _, fresh), idx in buckets.items():
+        compute = _compute_dtype(dtype)
+        G = _stack([grads[i].reshape(shape[0], -1) for i in idx]).to(compute)
+        if fresh:
+            W = _stack([params[i].detach().reshape(shape[0], -1) for i in idx]).to(compute)
+            bad = None if bool(torch.isfinite(W.sum())) else _first_non_finite(params, idx)
+            if bad is not None:
+                raise ValueError(
+                    f"`params[{bad}]` (shape {tuple(shape)}) contains NaN or infinite entries: "
+                    "its singular basis cannot be refreshed"
+                )
+            U, s, V = cached_factorization(W, method)
+            for k, i in enumerate(idx):
+                cache[i] = (U[k], s[k], V[k])
+        else:
+            U, s, V = (_stack([cache[i][j] for i in idx]) for j in range(3))  # type: ignore[index]
+        D = precondition_cached(U, s, V, G, n, eps)
         for k, i in enumerate(idx):
-            out[i] = D[k].reshape(shape)
+            out[i] = D[k].reshape(shape).to(dtype)
     return out
 
 
@@ -73,6 +187,10 @@ def end_to_end_sgd(
     depth: float,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
+    eps: float = 0.0,
+    factorizations: list[Factorization | None] | None = None,
+    method: str = "auto",
+    check_gradients: bool = True,
 ) -> None:
     """One step, in place: ``d = A_{N,W}(g + wd W)``; ``b = mu b + d``; ``W <- W - lr b``.
 
@@ -88,20 +206,29 @@ def end_to_end_sgd(
         momentum_buffers: one buffer (or ``None``) per parameter; updated in place.
         lr: step size ``> 0``.
         depth: depth ``N >= 1`` of the emulated overparameterization.
-        momentum: ``mu >= 0``.
+        momentum: ``0 <= mu < 1``.
         weight_decay: ``wd >= 0``.
+        eps: floor on the singular values ``>= 0`` (0: the exact rule).
+        factorizations: the cache of :func:`end_to_end_direction` (``None``: exact, no cache).
+        method: the factorization of a refresh.
+        check_gradients: raise ``ValueError`` naming ``grads[i]`` and its shape if a gradient
+            has NaN/inf entries (before anything is changed).
     """
     _validate.positive(lr, "lr")
-    _validate.positive(momentum, "momentum", allow_zero=True)
+    _check_momentum(momentum)
     _validate.positive(weight_decay, "weight_decay", allow_zero=True)
     if len(momentum_buffers) != len(params):
         raise ValueError(
             f"`momentum_buffers` must have one entry per param ({len(params)}), "
             f"got {len(momentum_buffers)}"
         )
+    if check_gradients:
+        _check_finite(grads, lambda i: f"`grads[{i}]` (shape {tuple(grads[i].shape)})")
     if weight_decay != 0.0:
         grads = [g.add(p.detach(), alpha=weight_decay) for p, g in zip(params, grads, strict=True)]
-    directions = end_to_end_direction(params, grads, depth)
+    directions = end_to_end_direction(
+        params, grads, depth, eps=eps, factorizations=factorizations, method=method
+    )
     with torch.no_grad():
         for i, (p, d) in enumerate(zip(params, directions, strict=True)):
             if momentum != 0.0:
@@ -115,25 +242,57 @@ def end_to_end_sgd(
             p.add_(d, alpha=-lr)
 
 
+def _check_group(group: dict[str, Any]) -> None:
+    checks: dict[str, Callable[[Any], Any]] = {
+        "lr": lambda v: _validate.positive(v, "lr"),
+        "depth": _validate.depth,
+        "momentum": _check_momentum,
+        "weight_decay": lambda v: _validate.positive(v, "weight_decay", allow_zero=True),
+        "precondition_every": _check_every,
+        "eps": lambda v: _validate.positive(v, "eps", allow_zero=True),
+        "factorization": _check_method,
+    }
+    for key, check in checks.items():
+        if key in group:
+            check(group[key])
+
+
 class EndToEndSGD(torch.optim.Optimizer):
     """SGD whose matrix parameters follow the depth-``N`` end-to-end dynamics.
 
     For each parameter ``W`` with ``W.ndim >= 2``: ``W <- W - lr A_{N,W}(grad + wd W)`` (with
-    momentum on the preconditioned direction); others get plain SGD.  ``depth`` may differ per
-    param group (``depth=1`` is plain SGD).  The trajectory matches gradient descent on an actually
-    overparameterized, balanced model to ``O(lr)`` (Arora, Cohen & Hazan 2018, Theorem 1).
+    momentum on the preconditioned direction); others get plain SGD.  The trajectory matches
+    gradient descent on an actually overparameterized, balanced model to ``O(lr)`` (Arora, Cohen &
+    Hazan 2018, Theorem 1).  Every param-group key below may be set per group; ``depth=1`` is
+    plain SGD, which is how to exclude parameters, as Muon's documentation advises for
+    embeddings, the first layer and the output head (see the example).
 
     Args:
         params: iterable of parameters or param-group dicts.
         lr: step size ``> 0``.
         depth: depth ``N >= 1`` (real values allowed).
-        momentum: momentum factor ``>= 0``.
+        momentum: momentum factor in ``[0, 1)``.
         weight_decay: L2 coefficient ``>= 0``.
+        precondition_every: refresh the cached SVD of each matrix every this many of its steps
+            (``1``: the exact rule; the default amortizes, see the module docstring).
+        eps: floor on the singular values, null directions included (``0``: the exact rule).  At
+            ``W = 0`` the rule gives ``A_{N,0} = 0`` for ``N > 1``, so a zero-initialized weight
+            would never move; with the floor it moves by ``N eps^(2(N-1)/N)`` times its
+            gradient, and its singular values then grow.  A weight with all singular values
+            above ``eps`` and no null space is unaffected.
+        factorization: ``"auto"``, ``"svd"``, ``"qr"`` or ``"gram"``
+            (:func:`overparam.core.cached_factorization`).
 
     Example:
-        >>> model = torch.nn.Linear(4, 3)
-        >>> opt = EndToEndSGD(model.parameters(), lr=0.1, depth=2, momentum=0.9)
-        >>> model(torch.randn(8, 4)).square().mean().backward()
+        >>> model = torch.nn.Sequential(
+        ...     torch.nn.Embedding(100, 16), torch.nn.Linear(16, 32), torch.nn.Linear(32, 100)
+        ... )
+        >>> hidden = [model[1].weight]  # preconditioned; embedding, head and biases: plain SGD
+        >>> rest = [p for p in model.parameters() if p is not model[1].weight]
+        >>> opt = EndToEndSGD(
+        ...     [{"params": hidden}, {"params": rest, "depth": 1}], lr=0.1, depth=2, momentum=0.9
+        ... )
+        >>> model(torch.tensor([[1, 2, 3]])).square().mean().backward()
         >>> opt.step()
     """
 
@@ -144,22 +303,70 @@ class EndToEndSGD(torch.optim.Optimizer):
         depth: float,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        precondition_every: int = DEFAULT_PRECONDITION_EVERY,
+        eps: float = DEFAULT_EPS,
+        factorization: str = "auto",
     ) -> None:
-        _validate.positive(lr, "lr")
-        _validate.depth(depth)
-        _validate.positive(momentum, "momentum", allow_zero=True)
-        _validate.positive(weight_decay, "weight_decay", allow_zero=True)
-        defaults = {"lr": lr, "depth": depth, "momentum": momentum, "weight_decay": weight_decay}
+        defaults = {
+            "lr": lr,
+            "depth": depth,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "precondition_every": precondition_every,
+            "eps": eps,
+            "factorization": factorization,
+        }
+        _check_group(defaults)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its own ``lr``/``depth``/``momentum``/``weight_decay`` are validated."""
-        for key, check in (("lr", False), ("momentum", True), ("weight_decay", True)):
-            if key in param_group:
-                _validate.positive(param_group[key], key, allow_zero=check)
-        if "depth" in param_group:
-            _validate.depth(param_group["depth"])
+        """Add a group; its own hyperparameters are validated like the constructor's."""
+        _check_group(param_group)
         super().add_param_group(param_group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # checkpoints of the exact rule, saved before these keys
+            group.setdefault("precondition_every", 1)
+            group.setdefault("eps", 0.0)
+            group.setdefault("factorization", "auto")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``torch.optim.Optimizer.load_state_dict``, keeping the float32 cache of half-precision
+        parameters in float32 (the base class casts every floating state tensor to the
+        parameter's dtype)."""
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, entry in saved.items():
+            for key in _CACHE_KEYS:
+                if key in entry:
+                    self.state[params[index]][key] = entry[key].to(device=params[index].device)
+
+    def _gather(self) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
+        """Each group with its parameters that have gradients; all gradients checked finite."""
+        gathered = []
+        for index, group in enumerate(self.param_groups):
+            positions = [j for j, p in enumerate(group["params"]) if p.grad is not None]
+            params: list[Tensor] = [group["params"][j] for j in positions]
+            grads: list[Tensor] = [p.grad for p in params]  # type: ignore[misc]
+            if any(g.is_sparse for g in grads):
+                raise ValueError("EndToEndSGD does not support sparse gradients")
+
+            def describe(i: int, index: int = index, positions: list[int] = positions) -> str:
+                shape = tuple(self.param_groups[index]["params"][positions[i]].shape)
+                return f"param group {index}, parameter {positions[i]} (shape {shape})"
+
+            _check_finite(grads, describe)
+            gathered.append((group, params, grads))
+        return gathered
+
+    def _cached(self, p: Tensor, every: int) -> Factorization | None:
+        """The cached ``(U, s, V)`` of ``p``, or ``None`` when a refresh is due."""
+        state = self.state[p]
+        if p.dim() < 2 or state.get("step", 0) % every == 0 or "basis_u" not in state:
+            return None
+        return state["basis_u"], state["singular_values"], state["basis_v"]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -167,23 +374,19 @@ class EndToEndSGD(torch.optim.Optimizer):
 
         Returns:
             The loss returned by ``closure``, or ``None``.
+
+        Raises:
+            ValueError: if a gradient has NaN or infinite entries (nothing is updated).
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads, buffers = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise ValueError("EndToEndSGD does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
-                buffers.append(self.state[p].get("momentum_buffer"))
+        for group, params, grads in self._gather():
             if not params:
                 continue
+            buffers = [self.state[p].get("momentum_buffer") for p in params]
+            cache = [self._cached(p, group["precondition_every"]) for p in params]
             end_to_end_sgd(
                 params,
                 grads,
@@ -192,8 +395,16 @@ class EndToEndSGD(torch.optim.Optimizer):
                 depth=group["depth"],
                 momentum=group["momentum"],
                 weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                factorizations=cache,
+                method=group["factorization"],
+                check_gradients=False,
             )
-            if group["momentum"] != 0.0:
-                for p, buf in zip(params, buffers, strict=True):
-                    self.state[p]["momentum_buffer"] = buf
+            for p, buf, factors in zip(params, buffers, cache, strict=True):
+                state = self.state[p]
+                if group["momentum"] != 0.0:
+                    state["momentum_buffer"] = buf
+                if factors is not None:
+                    state.update(zip(_CACHE_KEYS, factors, strict=True))
+                state["step"] = state.get("step", 0) + 1
         return loss
