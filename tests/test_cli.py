@@ -173,3 +173,59 @@ def test_sigint_keeps_finished_pieces_and_a_rerun_resumes(tmp_path):
 
 def _lines(path):
     return path.read_text().split() if path.exists() else []
+
+
+def test_sigterm_is_one_line_with_exit_143_and_a_rerun_resumes(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    child = multiprocessing.get_context("fork").Process(target=_cli_in_child, args=(out,))
+    child.start()
+    computed = out / "computed.txt"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(_lines(computed)) < 2:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGTERM)
+    child.join(timeout=60)
+    stderr = (out / "stderr.txt").read_text()
+    assert child.exitcode == 143, stderr
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("overparam: terminated (SIGTERM); finished results are kept in ")
+    rerun = multiprocessing.get_context("fork").Process(target=_cli_in_child, args=(out,))
+    rerun.start()
+    rerun.join(timeout=60)
+    assert rerun.exitcode == 0, (out / "stderr.txt").read_text()
+    assert _lines(computed).count("0") == 1  # finished before SIGTERM: not recomputed
+
+
+def test_out_that_is_a_file_names_the_option(tmp_path, capsys):
+    STATE["mode"] = "ok"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for argv in (["run", "cli-ok"], ["reproduce", "--only", "cli-ok"], ["sweep", "cli-toy"]):
+        extra = ["--grid", "n=1,2"] if argv[0] == "sweep" else []
+        code, captured = _cli(capsys, *argv, *extra, "--out", str(blocker), "--no-plots")
+        assert code == 2
+        assert captured.err == (
+            f"overparam: error: `--out` must be a directory of runs, got '{blocker}' (a file)\n"
+        )
+    code, captured = _cli(capsys, "run", "cli-ok", "--out", str(blocker / "x"), "--no-plots")
+    assert code == 2 and "`--out` must be a directory of runs" in captured.err
+    assert "cannot create it" in captured.err and captured.err.count("\n") == 1
+
+
+def test_reproduce_only_runs_a_repeated_name_once(tmp_path, capsys):
+    import json
+
+    code, captured = _cli(
+        capsys, "reproduce", "--only", "cli-ok", "cli-ok", "--out", str(tmp_path), "--no-plots"
+    )
+    assert code == 0 and captured.err.count("cli-ok: ") == 1
+    rows = json.loads((tmp_path / "claims.json").read_text())
+    assert [(r["experiment"], r["id"]) for r in rows] == [("cli-ok", "K3")]
+
+
+def test_store_path_that_is_a_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "store.sqlite").mkdir()
+    code, captured = _cli(capsys, "run", "cli-ok", "--out", str(tmp_path), "--no-plots")
+    assert code == 2 and captured.err.count("\n") == 1
+    assert "store.sqlite is not a file (a directory?); move it away" in captured.err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import time
 import warnings
@@ -75,7 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    names = args.only or list(experiments())
+    names = list(dict.fromkeys(args.only or experiments()))  # a name given twice runs once
     for name in names:  # a misspelt name is bad input, found before anything runs
         get(name)
     start = time.perf_counter()
@@ -194,6 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` of a command that writes runs: an existing directory, or one it can create."""
+    out = getattr(args, "out", None)
+    if out is None or args.command not in ("run", "reproduce", "sweep"):
+        return
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"`--out` must be a directory of runs, got {str(out)!r} (a file)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"`--out` must be a directory of runs, got {str(out)!r} (cannot create it: "
+            f"{error.strerror or error})"
+        ) from None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: finished results are kept, one line, exit 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def _reason(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())
 
@@ -219,34 +244,54 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-def _interrupted(args: argparse.Namespace) -> str:
+def _interrupted(args: argparse.Namespace, how: str = "interrupted") -> str:
     out = getattr(args, "out", None)
     if out is None or args.command not in ("run", "reproduce", "sweep"):
-        return "overparam: interrupted"
+        return f"overparam: {how}"
     return (
-        f"overparam: interrupted; finished results are kept in {out} (store.sqlite and the run "
+        f"overparam: {how}; finished results are kept in {out} (store.sqlite and the run "
         "directories); rerun the same command to resume"
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; exit status 0, 1 (an experiment failed), 2 (bad input), 130 (Ctrl-C).
+    """Run the command line; exit status 0, 1 (an experiment failed), 2 (bad input), 130 (Ctrl-C),
+    143 (SIGTERM).
 
     Every fault ends in one line on stderr; warnings print as ``overparam: warning: ...``.
     """
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _on_sigterm():
         warnings.showwarning = _show_warning
         try:
+            _check_out(args)
             return int(args.func(args))
         except (ValueError, OSError) as error:  # bad arguments or data; a failed download
             _close_progress_bars()
             print(f"overparam: error: {' '.join(str(error).split())}", file=sys.stderr)
             return 2
+        except _Terminated:
+            _close_progress_bars()
+            print(_interrupted(args, "terminated (SIGTERM)"), file=sys.stderr)
+            return 143
         except KeyboardInterrupt:
             _close_progress_bars()
             print(_interrupted(args), file=sys.stderr)
             return 130
+
+
+@contextlib.contextmanager
+def _on_sigterm() -> Iterator[None]:
+    """Handle SIGTERM like Ctrl-C while ``main`` runs (in the main thread only), then restore."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

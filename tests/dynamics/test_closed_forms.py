@@ -201,3 +201,12 @@ def test_validation_messages(gen):
         spectral_init(Y, torch.ones(3, dtype=F64), torch.ones(3, dtype=F64), k=2)
     with pytest.raises(ValueError, match="`v0` must have shape \\(3,\\)"):
         spectral_init(Y, torch.ones(3, dtype=F64), torch.ones(2, dtype=F64))
+
+
+def test_spectral_rate_refuses_non_numbers():
+    with pytest.raises(ValueError, match="`s` must be finite, got nan"):
+        spectral_rate(float("nan"), 1.0)
+    with pytest.raises(ValueError, match="`delta` must be a real number or tensor, got str"):
+        spectral_rate(1.0, "a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`s` must be a real tensor, got torch.complex64"):
+        spectral_rate(torch.tensor(1j), 0.0)

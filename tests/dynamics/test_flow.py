@@ -216,3 +216,22 @@ def test_single_time_and_np_grid():
     traj = gradient_flow([x], lambda p: 0.5 * (p[0] ** 2).sum(), np.array([0.0, 1.0]))
     assert math.isclose(float(traj[1][0]), 2 * math.exp(-1), rel_tol=1e-10)  # rtol 1e-12 default
     assert (DEFAULT_RTOL, DEFAULT_ATOL) == (1e-12, 1e-14)  # documented in gradient_flow
+
+
+def test_loss_that_is_not_a_differentiable_function_is_refused():
+    x = torch.ones(2, dtype=F64)
+    detached = lambda p: (p[0].detach() ** 2).sum()  # noqa: E731
+    for integrate in (
+        lambda loss: gradient_flow([x], loss, [0.0, 1.0]),
+        lambda loss: gradient_descent([x], loss, 0.1, 2),
+    ):
+        with pytest.raises(
+            ValueError, match="`loss` must be a function of the list of parameters, got int"
+        ):
+            integrate(3)
+        with pytest.raises(
+            ValueError, match="`loss` must return a tensor differentiable in `params`"
+        ):
+            integrate(detached)
+    with pytest.raises(ValueError, match="`max_step` must be a number > 0, got True"):
+        gradient_flow([x], _quadratic(x), [0.0, 1.0], max_step=True)  # type: ignore[arg-type]

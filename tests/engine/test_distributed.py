@@ -136,3 +136,14 @@ def test_cli_reproduce_with_workers_matches_serial(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("report: ") == 2
     _close(_metrics(tmp_path / "serial", "toy-lp"), _metrics(tmp_path / "dask", "toy-lp"))
+
+
+def test_unparsable_scheduler_address_names_the_argument():
+    pytest.importorskip("distributed")
+    from overparam.engine.distributed import open_client
+
+    with pytest.raises(
+        ValueError,
+        match=r"`scheduler` must be an address such as tcp://host:8786, got 'notanaddress'",
+    ):
+        open_client(scheduler="notanaddress")

@@ -191,3 +191,23 @@ def test_every_registered_preset_passes_the_checker(name):
     experiment = experiments()[name]
     for preset, config in experiment.presets.items():
         assert check_overrides(experiment, config) == config, preset
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps": 2**63}, "must be an int > 0, got 9223372036854775808 (int) (beyond the 64-bit"),
+        ({"ps": [2, 10**30]}, "(ps[1] is 1000000000000000000000000000000) (beyond the 64-bit"),
+        ({"ps": []}, "config key 'ps' of engine-checked must be a list of int > 0 with at least one element, got []"),
+        ({"ys": []}, "must be a list of float > 0 with at least one element, got [] (list)"),
+    ],
+)  # fmt: skip
+def test_huge_ints_and_empty_lists_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=_literal(message)):
+        _check(overrides)
+
+
+def test_empty_list_stays_allowed_where_a_preset_has_one():
+    assert _check({"free": []}) == {"free": []}
+    assert _check({"grid": {"gd": [0.5], "adam": []}})["grid"]["adam"] == []
+    assert _check({"steps": 2**63 - 1})["steps"] == 2**63 - 1

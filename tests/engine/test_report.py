@@ -283,3 +283,35 @@ def test_report_shows_stored_sweeps(tmp_path):
     links.feed(page)
     assert 'id="sweep-exp-report-toy-a"' in page and '<td class="v">12</td>' in page
     assert len(links.srcs) == 1 and links.srcs[0].startswith("data:image/png;base64,")
+
+
+def test_concurrent_claims_merges_keep_every_experiment(tmp_path):
+    """Writers of different experiments at once (two ``reproduce --only`` processes): every row
+    survives, because the read-merge-write of ``claims.json`` holds a lock."""
+    import threading
+
+    names = [f"exp{k}" for k in range(8)]
+    barrier = threading.Barrier(len(names))
+
+    def write(name):
+        barrier.wait()
+        for _ in range(5):
+            write_claims(tmp_path, [{"experiment": name, "preset": "quick", "id": "C1"}], names)
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rows = json.loads((tmp_path / "claims.json").read_text())
+    assert [r["experiment"] for r in rows] == names
+    assert not list(tmp_path.glob(".claims.*"))  # no temporary file left behind
+
+
+def test_report_warns_about_an_unreadable_summary(tmp_path):
+    run_experiment("report-toy-a", out=tmp_path, quiet=True, plots=False)
+    run_experiment("report-toy-b", out=tmp_path, quiet=True, plots=False)
+    (tmp_path / "report-toy-b" / "quick" / "summary.json").write_text("{truncated")
+    with pytest.warns(UserWarning, match=r"skipping .*report-toy-b/quick/summary.json: not a "):
+        runs = stored_runs(tmp_path)
+    assert [(r.experiment, r.preset) for r in runs] == [("report-toy-a", "quick")]

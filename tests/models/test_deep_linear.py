@@ -104,3 +104,38 @@ def test_imbalance_change_per_step_has_slope_two(gen):
     x, y = lrs.log(), changes.log()
     fitted = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
     assert abs(float(fitted) - 2.0) < 0.01
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: DeepLinear([4, 2, 1], dtype=torch.int64), r"`dtype` must be a floating torch.dtype .*got torch.int64"),
+        (lambda: DeepLinear([4, 2, 1], dtype="float64"), r"`dtype` must be a floating torch.dtype .*got 'float64'"),
+        (lambda: DeepLinear([4, 2, 1], generator=0), "`generator` must be a torch.Generator or None, got int"),
+        (lambda: DeepLinear([2, 1], init=[torch.ones(1, 2, dtype=torch.int64)]), r"`init\[0\]` must have a floating dtype"),
+        (lambda: DeepLinear([2, 1], init=[torch.full((1, 2), float("nan"))]), r"`init\[0\]` contains NaN or infinite"),
+        (
+            lambda: DeepLinear([2, 2, 1], init=[torch.ones(2, 2), torch.ones(1, 2, dtype=F64)]),
+            r"`init\[1\]` must have the dtype of `init\[0\]` \(torch.float32\), got torch.float64",
+        ),
+        (lambda: DeepLinear([2, 2], init=torch.eye(2)), "`init` must be a list of 1 matrices, got a Tensor"),
+    ],
+)  # fmt: skip
+def test_bad_constructor_arguments_name_the_argument(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_forward_checks_the_input_tensor():
+    net = DeepLinear([2, 1])
+    with pytest.raises(
+        ValueError,
+        match=r"`x` must be a torch.float64 tensor .*got torch.float32 of shape \(3, 2\)",
+    ):
+        net(torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"`x` must be a torch.float64 tensor .*got torch.int64"):
+        net(torch.ones(3, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"of >= 1 dimensions, got torch.float64 of shape \(\)"):
+        net(torch.tensor(1.0, dtype=F64))
+    x = torch.arange(6, dtype=F64).reshape(2, 3).mT  # a non-contiguous view
+    assert torch.equal(net(x), x @ net.end_to_end().mT)

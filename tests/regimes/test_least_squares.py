@@ -101,3 +101,22 @@ def test_shape_mismatch_raises(gen):
         closest_solution(X, y, theta0[:-1])
     with pytest.raises(ValueError, match="`X` must have a floating dtype"):
         closest_solution(X.int(), y, theta0)
+
+
+def test_degenerate_problems_are_refused_not_nan(gen):
+    X = torch.randn(3, 5, dtype=torch.float64, generator=gen)
+    y = torch.randn(3, dtype=torch.float64, generator=gen)
+    theta0 = torch.zeros(5, dtype=torch.float64)
+    zero = torch.zeros(3, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"`X` must be nonzero .* default `lr`.*pass `lr`"):
+        least_squares_gd(zero, y, theta0, 3)
+    with pytest.raises(ValueError, match="`X` must be nonzero .* for the path-length bounds"):
+        path_length_bounds(zero, y, theta0)
+    with pytest.raises(ValueError, match=r"`y` must have the dtype of `X` \(torch.float32\)"):
+        least_squares_gd(X.float(), y, theta0, 3)
+    with pytest.raises(
+        ValueError, match=r"`X` must have at least one row and one column, got \(0, 5\)"
+    ):
+        least_squares_gd(X[:0], y[:0], theta0, 3)
+    moved = least_squares_gd(zero, y, theta0, 3, lr=0.1)["theta"]  # an explicit lr is fine
+    assert torch.equal(moved, theta0)

@@ -167,9 +167,20 @@ def spectral_rate(s: Tensor | float, delta: Tensor | float) -> Tensor:
     One-layer rate is 1: the factorization is faster iff ``4 s^2 + delta^2 > 1``; balanced
     (``delta = 0``) it is ``2 s``, slower than one layer for ``s < 1/2`` (claims T3, T5).
     """
-    s_t = torch.as_tensor(s, dtype=torch.float64)
-    d_t = torch.as_tensor(delta, dtype=torch.float64)
+    s_t, d_t = _real(s, "s"), _real(delta, "delta")
     return torch.sqrt(4 * s_t**2 + d_t**2)
+
+
+def _real(value: Tensor | float, name: str) -> Tensor:
+    """``value`` as a float64 tensor of finite real numbers, else ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise ValueError(f"`{name}` must be a real number or tensor, got {type(value).__name__}")
+    if isinstance(value, Tensor) and (value.is_complex() or value.dtype == torch.bool):
+        raise ValueError(f"`{name}` must be a real tensor, got {value.dtype}")
+    out = torch.as_tensor(value, dtype=torch.float64)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"`{name}` must be finite, got {value!r}")
+    return out
 
 
 def spectral_flow(

@@ -67,7 +67,19 @@ def _scalar(value: Tensor) -> Tensor:
     if not isinstance(value, Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ValueError(f"`loss` must return a scalar tensor, got {shape}")
+    if not value.requires_grad:
+        raise ValueError(
+            "`loss` must return a tensor differentiable in `params`, got one without an autograd "
+            "graph (computed from detached tensors, or under torch.no_grad())"
+        )
     return value.reshape(())
+
+
+def _check_loss(loss: Loss) -> None:
+    if not callable(loss):
+        raise ValueError(
+            f"`loss` must be a function of the list of parameters, got {type(loss).__name__}"
+        )
 
 
 class FlowBlowUpError(RuntimeError):
@@ -190,12 +202,13 @@ def gradient_flow(
         0.36787944...
     """
     start = _check_params(params)
+    _check_loss(loss)
     grid = _check_times(times)
     rtol = _validate.positive(rtol, "rtol")
     atol = _validate.positive(atol, "atol")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-    if not (isinstance(max_step, (int, float)) and max_step > 0):
+    if isinstance(max_step, bool) or not (isinstance(max_step, (int, float)) and max_step > 0):
         raise ValueError(f"`max_step` must be a number > 0, got {max_step!r}")
     shapes = [p.shape for p in start]
     y0 = torch.cat([p.reshape(-1).to(torch.float64) for p in start]).numpy()
@@ -269,6 +282,7 @@ def gradient_descent(
         ``trajectory[i]`` = the list of parameters after ``record[i]`` steps.
     """
     current = [p.to(torch.float64).clone() for p in _check_params(params)]
+    _check_loss(loss)
     eta = _validate.positive(eta, "eta")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be an integer >= 0, got {steps!r}")

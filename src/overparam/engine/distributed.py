@@ -57,6 +57,11 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Any
             return Client(scheduler, timeout="20s")
         except OSError as error:
             raise ValueError(f"cannot reach the Dask scheduler at {scheduler!r}: {error}") from None
+        except (ValueError, TypeError) as error:  # an address distributed cannot parse
+            raise ValueError(
+                f"`scheduler` must be an address such as tcp://host:8786, got {scheduler!r} "
+                f"({error})"
+            ) from None
     cluster = LocalCluster(
         n_workers=workers,
         threads_per_worker=1,

@@ -14,7 +14,8 @@ The expected type of a key is inferred from its values in every preset of the ex
 Ranges: a number whose preset values (in every preset, every list element) are all positive must be
 positive, all non-negative must be non-negative.  ``Experiment.bounds`` declares an inclusive range
 ``(low, high)`` (``None`` for no limit) for a key that needs more; it replaces the generic rule for
-every number of that key.
+every number of that key.  Every int must fit in 64 bits; a key whose list is non-empty in every
+preset must stay non-empty.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Spec:
 
 
 ANY = Spec("any")
+INT64_MAX = 2**63 - 1
+"""The largest integer a config value may hold: every int reaches torch or numpy as 64 bits."""
 
 
 def _kind(value: Any) -> str:
@@ -216,7 +219,7 @@ def _check(spec: Spec, value: Any, where: str) -> Any:
     if spec.kind in ("bool", "str") and kind == spec.kind:
         return value
     if spec.kind == "int" and kind == "number" and isinstance(value, int):
-        if _in_range(spec, value):
+        if _in_range(spec, value) and abs(value) <= INT64_MAX:
             return value
     if spec.kind == "float" and kind == "number" and math.isfinite(value):
         if _in_range(spec, value):
@@ -276,11 +279,25 @@ def check_overrides(experiment: Experiment, overrides: Mapping[str, Any] | None)
             checked[key] = _check(spec, value, key)
         except _Mismatch as bad:
             inner = "" if bad.where == key else f" ({bad.where} is {bad.value!r})"
+            huge = isinstance(bad.value, int) and abs(bad.value) > INT64_MAX
             raise ValueError(
                 f"config key {key!r} of {experiment.name} must be {describe(spec)}, "
                 f"got {_received(value) if not inner else repr(value)}{inner}"
+                + (" (beyond the 64-bit integer range)" if huge else "")
             ) from None
+        _check_not_empty(experiment, key, spec, checked[key])
     return checked
+
+
+def _check_not_empty(experiment: Experiment, key: str, spec: Spec, value: Any) -> None:
+    """An empty list for a key whose list is non-empty in every preset is refused: the run would
+    measure nothing and judge its claims on no data."""
+    samples = [config[key] for config in experiment.presets.values() if key in config]
+    if value == [] and samples and all(isinstance(s, (list, tuple)) and s for s in samples):
+        raise ValueError(
+            f"config key {key!r} of {experiment.name} must be {describe(spec)} with at least one "
+            "element, got [] (list)"
+        )
 
 
 def check_bounds(name: str, presets: Mapping[str, Config], bounds: Mapping[str, Any]) -> None:

@@ -9,13 +9,14 @@ rows of experiments not rerun (``reproduce --only``).  The HTML report is
 from __future__ import annotations
 
 import json
-import os
 import textwrap
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from overparam.engine.files import write_text
+from overparam.engine.locking import key_lock
 
 
 def compact(value: Any) -> str:
@@ -172,9 +173,7 @@ def tally(rows: Iterable[Mapping[str, Any]]) -> str:
 
 
 def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, text)  # atomic, and no temporary file left when interrupted
 
 
 def write_claims(
@@ -188,6 +187,14 @@ def write_claims(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # one merge at a time: concurrent `reproduce --only` processes must not drop each other's rows
+    with key_lock(out / "store.sqlite.locks" / "claims.lock", what="the claims table"):
+        return _merge_claims_file(out, rows, order)
+
+
+def _merge_claims_file(
+    out: Path, rows: Iterable[Mapping[str, Any]], order: Sequence[str]
+) -> list[dict[str, Any]]:
     path = out / "claims.json"
     old: list[dict[str, Any]] = []
     if path.exists():

@@ -9,6 +9,7 @@ its summary names.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,17 @@ def _read_json(path: Path) -> Any:
 
 
 def _load(directory: Path, preset: str | None = None) -> StoredRun | None:
-    summary = _read_json(directory / "summary.json")
+    path = directory / "summary.json"
+    summary = _read_json(path)
     if not isinstance(summary, dict) or "experiment" not in summary or "claims" not in summary:
+        if path.exists():
+            warnings.warn(
+                f"skipping {path}: not a readable run summary; rerun `overparam run "
+                f"{directory.parent.name if preset else directory.name}` to rewrite it (finished "
+                "results come back from the store)",
+                UserWarning,
+                stacklevel=3,
+            )
         return None
     preset = preset or str(summary.get("preset", "quick"))
     if summary.get("preset", preset) != preset:

@@ -60,6 +60,11 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_file():
+            raise OSError(
+                f"results store {self.path} is not a file (a directory?); move it away or give "
+                "another --out"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.locks = self.path.with_name(self.path.name + ".locks")
         try:

@@ -43,8 +43,12 @@ def initial_factors(
     if len(dims) < 2:
         raise ValueError(f"`dims` must list at least 2 sizes [d_0, ..., d_N], got {dims}")
     depth = len(dims) - 1
+    _check_dtype_and_generator(dtype, generator)
     if not isinstance(init, str):
+        if isinstance(init, Tensor):
+            raise ValueError(f"`init` must be a list of {depth} matrices, got a Tensor")
         factors = [torch.as_tensor(W).detach().clone() for W in init]
+        _validate.matrices(factors, "init")
         shapes = [tuple(W.shape) for W in factors]
         expected = [(dims[j + 1], dims[j]) for j in range(depth)]
         if shapes != expected:
@@ -64,6 +68,18 @@ def initial_factors(
         ]
     W = _random_end_to_end(dims, scale, generator, dtype)
     return balanced_factors(W, depth, widths=dims[1:-1])
+
+
+def _check_dtype_and_generator(dtype: torch.dtype, generator: torch.Generator | None) -> None:
+    if dtype not in _validate.FLOATING:
+        raise ValueError(
+            f"`dtype` must be a floating torch.dtype (torch.float16, torch.bfloat16, "
+            f"torch.float32 or torch.float64), got {dtype!r}"
+        )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"`generator` must be a torch.Generator or None, got {type(generator).__name__}"
+        )
 
 
 class DeepLinear(nn.Module):
@@ -105,6 +121,10 @@ class DeepLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x @ W_e^T`` for ``x`` of shape ``(batch, d_0)``."""
+        dtype = self.factors[0].dtype
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.dtype != dtype:
+            got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x)
+            raise ValueError(f"`x` must be a {dtype} tensor of >= 1 dimensions, got {got}")
         if x.shape[-1] != self.dims[0]:
             raise ValueError(f"`x` must have {self.dims[0]} features, got shape {tuple(x.shape)}")
         return x @ self.end_to_end().mT

@@ -22,12 +22,21 @@ def _check_problem(X: Tensor, y: Tensor, theta0: Tensor) -> None:
     _validate.floating(X, "X", min_dim=2)
     _validate.floating(y, "y", min_dim=1)
     _validate.floating(theta0, "theta0", min_dim=1)
+    _validate.same_dtype(X, y, "X", "y")
+    _validate.same_dtype(X, theta0, "X", "theta0")
+    if X.shape[-2] == 0 or X.shape[-1] == 0:
+        raise ValueError(f"`X` must have at least one row and one column, got {tuple(X.shape)}")
     if y.shape[-1] != X.shape[-2]:
         raise ValueError(f"`y` must have {X.shape[-2]} entries (rows of `X`), got {tuple(y.shape)}")
     if theta0.shape[-1] != X.shape[-1]:
         raise ValueError(
             f"`theta0` must have {X.shape[-1]} entries (columns of `X`), got {tuple(theta0.shape)}"
         )
+
+
+def _check_nonzero(top: Tensor, what: str) -> None:
+    if not bool((top > 0).all()):
+        raise ValueError(f"`X` must be nonzero (every problem of the batch) {what}, got X = 0")
 
 
 def closest_solution(X: Tensor, y: Tensor, theta0: Tensor) -> Tensor:
@@ -97,7 +106,9 @@ def least_squares_gd(
         raise ValueError(f"`record` must lie in [0, {steps}], got {rec[0]}..{rec[-1]}")
     batch = torch.broadcast_shapes(X.shape[:-2], y.shape[:-1], theta0.shape[:-1])
     if lr is None:
-        rate = 1.0 / gram_extremes(X)[0]
+        top = gram_extremes(X)[0]
+        _check_nonzero(top, "for the default `lr` = 1 / lambda_max(X X^T); pass `lr`")
+        rate = 1.0 / top
     else:
         rate = torch.as_tensor(lr, dtype=X.dtype)
         if not bool(torch.isfinite(rate).all()) or not bool((rate > 0).all()):
@@ -145,6 +156,7 @@ def path_length_bounds(X: Tensor, y: Tensor, theta0: Tensor) -> dict[str, Tensor
     """
     _check_problem(X, y, theta0)
     top, bottom = gram_extremes(X)
+    _check_nonzero(top, "for the path-length bounds")
     delta = closest_solution(X, y, theta0) - theta0
     _, s, Vh = torch.linalg.svd(X, full_matrices=False)
     keep = s > max(X.shape[-2:]) * torch.finfo(X.dtype).eps * s[..., :1]
