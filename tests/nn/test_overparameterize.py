@@ -294,3 +294,25 @@ def test_assigning_the_weight_is_a_clear_error():
         layer.weight = nn.Parameter(torch.zeros(2, 3))
     layer.bias = nn.Parameter(torch.ones(2))  # other attributes as usual
     assert torch.equal(layer.bias, torch.ones(2))
+
+
+def test_generator_must_be_a_cpu_generator():
+    with pytest.raises(ValueError, match=r"`generator` must be a torch.Generator or None, got int"):
+        overparameterize(nn.Linear(4, 3), init="near_zero", generator=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_empty_weights_are_skipped_and_reported(gen):
+    net = nn.Sequential(nn.Linear(0, 3), nn.Linear(3, 2)).double()
+    x = torch.randn(5, 0, generator=gen, dtype=torch.float64)
+    expected = net(x)
+    overparameterize(net, strict=True)  # nothing to train in an empty weight: never an error
+    report = summary(net)
+    assert [c.names for c in report.converted] == [("1.weight",)]
+    assert [(s.name, s.kind) for s in report.skipped] == [("0", "Linear")]
+    assert report.skipped[0].reason.startswith("empty weight `weight` of shape (3, 0)")
+    assert report.params_before == 3 + 6 + 2
+    assert (net(x) - expected).abs().max() < TOL
+    collapse(net)
+    assert type(net[0]) is nn.Linear and type(net[1]) is nn.Linear
+    assert (net(x) - expected).abs().max() < TOL

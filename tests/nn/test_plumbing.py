@@ -1,14 +1,13 @@
 """torch.compile, autocast, DDP (refused when wrapped first; 2 gloo processes) with factorized layers."""
 
 import copy
-import os
 import socket
-import tempfile
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -97,27 +96,53 @@ def test_refuses_a_model_already_wrapped_in_ddp_or_fsdp(tmp_path):
         dist.destroy_process_group()
 
 
-def _ddp_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    net = overparameterize(_net(), depth=3, modules="all")
-    model = nn.parallel.DistributedDataParallel(net)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    data = torch.randn(8, 2, 6, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    for _ in range(3):
-        opt.zero_grad()
-        model(data[4 * rank : 4 * rank + 4]).square().mean().backward()
-        opt.step()
-    torch.save([p.detach() for p in net.parameters()], f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+_DDP_WORKER = """
+import os, sys
+import torch, torch.distributed as dist
+from torch import nn
+from overparam.nn import overparameterize
+
+rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+torch.set_num_threads(1)
+dist.init_process_group("gloo", rank=rank, world_size=2)
+torch.manual_seed(0)
+net = nn.Sequential(
+    nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 3)
+).double()
+net = overparameterize(net, depth=3, modules="all")
+model = nn.parallel.DistributedDataParallel(net)
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+data = torch.randn(8, 2, 6, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+for _ in range(3):
+    opt.zero_grad()
+    model(data[4 * rank : 4 * rank + 4]).square().mean().backward()
+    opt.step()
+torch.save([p.detach() for p in net.parameters()], f"{out}/rank{rank}.pt")
+dist.destroy_process_group()
+"""
 
 
-def test_ddp_two_processes_match_single_process_training():
-    """Overparameterize, then wrap: both ranks end equal to one process on the whole batch."""
-    with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(_ddp_worker, args=(_free_port(), out), nprocs=2, start_method="fork")
-        ranks = [torch.load(f"{out}/rank{r}.pt") for r in range(2)]
+def test_ddp_two_processes_match_single_process_training(tmp_path):
+    """Overparameterize, then wrap: both ranks end equal to one process on the whole batch.
+
+    The ranks are fresh interpreters (not forks of this multi-threaded test process, which can
+    deadlock), each bounded by a timeout.
+    """
+    script = tmp_path / "ddp_worker.py"
+    script.write_text(_DDP_WORKER)
+    port = str(_free_port())
+    workers = [
+        subprocess.Popen([sys.executable, str(script), str(rank), port, str(tmp_path)])
+        for rank in range(2)
+    ]
+    try:
+        codes = [w.wait(timeout=240) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert codes == [0, 0]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     net = overparameterize(_net(), depth=3, modules="all")
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     data = torch.randn(8, 2, 6, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)

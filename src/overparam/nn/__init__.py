@@ -5,7 +5,7 @@ conv followed by grouped ``1 x 1`` convs, so the collapse is exact), ``nn.Multih
 projection weights and Hugging Face's ``Conv1D``; tied weights stay tied.  Transposed
 convolutions, uninitialized lazy modules and weights that already carry a
 ``torch.nn.utils.parametrize`` parametrization are skipped (listed by :func:`summary`;
-``strict=True`` raises).
+``strict=True`` raises); frozen weights (``requires_grad=False``) are left plain and listed.
 """
 
 from overparam.nn._factorized import Factorized

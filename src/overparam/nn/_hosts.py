@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from overparam.core.factorization import product
 from overparam.nn._factorized import Factorized
 
 SUFFIX = "_factors"
@@ -33,6 +34,7 @@ class HostInfo:
     cls: type[nn.Module]
     parameters: list[str]  # registration order of the original parameters
     names: list[str] = field(default_factory=list)  # the replaced ones
+    kind: str | None = None  # the chained forward of the original class (see ``chain_kind``)
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -49,9 +51,11 @@ def is_hf_conv1d(module: nn.Module) -> bool:
 
 def chain_kind(module: nn.Module, name: str) -> str | None:
     """Which chained forward applies to ``module`` (``None``: only the ``weight`` property)."""
+    forward = type(module).forward
+    if isinstance(module, nn.MultiheadAttention) and forward is nn.MultiheadAttention.forward:
+        return "mha"
     if name != "weight":
         return None
-    forward = type(module).forward
     if isinstance(module, nn.Linear) and forward is nn.Linear.forward:
         return "linear"
     for kind in _CONVS:
@@ -139,7 +143,83 @@ def _embedding_forward(self: Any, idx: Tensor) -> Tensor:
     return h
 
 
+def _block(module: nn.Module, name: str) -> tuple[Factorized | None, list[Tensor]]:
+    """The factors (``W_1`` first) of the q/k/v block ``name`` of an attention, if factorized."""
+    packed = module._modules.get("in_proj_weight" + SUFFIX)
+    f = packed if packed is not None else module._modules.get(name + SUFFIX)
+    if not isinstance(f, Factorized):
+        return None, []
+    block = "qkv".index(name[0])
+    return f, [W[block] for W in f.factors] if packed is not None else list(f.factors)
+
+
+def _chains(f: Factorized | None, factors: list[Tensor], x: Tensor, square: int) -> bool:
+    """Whether the block applies as a chain to ``x`` (the query's ``W_N`` must be ``E x E``)."""
+    if f is None or len(factors) < 2 or not f.prefers_chain(x.numel() // max(x.shape[-1], 1)):
+        return False
+    return not square or factors[-1].shape[-1] == square
+
+
+def _projection(module: nn.Module, name: str, x: Tensor, square: int) -> tuple[Tensor, Tensor]:
+    """``(x W_1^T .. W_{N-1}^T, W_N)`` for one q/k/v block when chaining is cheaper, else
+    ``(x, W)`` (``F.multi_head_attention_forward`` applies the returned weight)."""
+    f, factors = _block(module, name)
+    if f is None:  # a plain block
+        packed = module._parameters.get("in_proj_weight")
+        return x, packed.chunk(3)["qkv".index(name[0])] if packed is not None else getattr(
+            module, name
+        )
+    if not _chains(f, factors, x, square):
+        return x, product(factors)
+    for W in factors[:-1]:
+        x = F.linear(x, W)
+    return x, factors[-1]
+
+
+def _mha_forward(
+    self: Any, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+    need_weights: bool = True, attn_mask: Tensor | None = None,
+    average_attn_weights: bool = True, is_causal: bool = False,
+) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """``nn.MultiheadAttention`` with each q/k/v block and ``out_proj`` in its cheaper order.
+
+    A chained block feeds ``x W_1^T .. W_{N-1}^T`` to ``F.multi_head_attention_forward`` with
+    ``W_N`` as its (separate) projection weight; a chained ``out_proj`` enters as ``W_1`` and the
+    rest of its chain is applied to the output.  With nothing to chain (or nested tensors) this
+    is the layer's own forward, fast path included.
+    """
+    args = (query, key, value, key_padding_mask, need_weights, attn_mask)
+    if query.is_nested or key.is_nested or value.is_nested:
+        return nn.MultiheadAttention.forward(self, *args, average_attn_weights, is_causal)
+    f = self.out_proj._modules.get("weight" + SUFFIX)
+    f = f if isinstance(f, Factorized) and f.depth > 1 else None
+    out = f is not None and f.prefers_chain(query.numel() // self.embed_dim)
+    inputs = {"q": (query, self.embed_dim), "k": (key, 0), "v": (value, 0)}
+    chained = [_chains(*_block(self, c + "_proj_weight"), x, sq) for c, (x, sq) in inputs.items()]
+    if not (out or any(chained)):  # nothing to chain: the layer's own forward (and fast path)
+        return nn.MultiheadAttention.forward(self, *args, average_attn_weights, is_causal)
+    batched = query.dim() == 3
+    if self.batch_first and batched:
+        query, key, value = (t.transpose(1, 0) for t in (query, key, value))
+    q, w_q = _projection(self, "q_proj_weight", query, self.embed_dim)
+    k, w_k = _projection(self, "k_proj_weight", key, 0)
+    v, w_v = _projection(self, "v_proj_weight", value, 0)
+    rest = list(f.factors) if f is not None and out else []
+    w_o, b_o = (rest.pop(0), None) if rest else (self.out_proj.weight, self.out_proj.bias)
+    h, weights = F.multi_head_attention_forward(
+        q, k, v, self.embed_dim, self.num_heads, None, self.in_proj_bias, self.bias_k,
+        self.bias_v, self.add_zero_attn, self.dropout, w_o, b_o, training=self.training,
+        key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+        use_separate_proj_weight=True, q_proj_weight=w_q, k_proj_weight=w_k, v_proj_weight=w_v,
+        average_attn_weights=average_attn_weights, is_causal=is_causal,
+    )  # fmt: skip
+    for j, W in enumerate(rest):
+        h = F.linear(h, W, self.out_proj.bias if j == len(rest) - 1 else None)
+    return (h.transpose(1, 0) if self.batch_first and batched else h), weights
+
+
 _FORWARDS = {
+    "mha": _mha_forward,
     "linear": _linear_forward,
     "conv": _conv_forward,
     "conv1d": _conv1d_hf_forward,

@@ -10,6 +10,7 @@ its forward applies the factors in whichever order costs fewer multiply-adds for
 from __future__ import annotations
 
 import gc
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,8 @@ HOST = "_overparam_host"
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _SUPPORTED = "nn.Linear, nn.Conv1d/2d/3d, nn.MultiheadAttention, Hugging Face Conv1D"
 Target = tuple[str, int, bool]  # parameter name, groups, transposed
+FROZEN = "frozen"
+EMPTY = "empty weight"
 
 
 def _targets(module: nn.Module) -> list[Target] | str:
@@ -55,7 +58,21 @@ def _targets(module: nn.Module) -> list[Target] | str:
         param = module._parameters.get(name)
         if not isinstance(param, nn.Parameter) or not param.is_floating_point():
             return f"`{name}` is not a floating-point nn.Parameter of the module"
+        if param.numel() == 0:
+            return (
+                f"{EMPTY} `{name}` of shape {tuple(param.shape)}: nothing to factorize; left plain"
+            )
     return found
+
+
+def _trainable(module: nn.Module, targets: list[Target]) -> tuple[list[Target], str]:
+    """The targets whose parameter trains, and the reason the frozen ones are left plain."""
+    frozen = [t for t in targets if not module.get_parameter(t[0]).requires_grad]
+    if not frozen:
+        return targets, ""
+    names = ", ".join(f"`{t[0]}`" for t in frozen)
+    reason = f"{FROZEN} {names}: requires_grad=False, nothing to train; left plain"
+    return [t for t in targets if t not in frozen], reason
 
 
 def _selects(module: nn.Module, kinds: tuple[type[nn.Module], ...] | None) -> bool:
@@ -135,6 +152,8 @@ def _initial_factors(
         groups[plan.key()].append(plan)
     for (shape, _, _, widths), same in groups.items():
         M, dims = _stack(same), [shape[1], *widths, shape[0]]
+        if init == "preserve" and not M.is_meta:
+            _check_finite(same)
         if init == "preserve":
             factors, ranks = preserving_factors(M, depth, widths)
             _check_ranks(same, ranks, list(widths))
@@ -150,6 +169,15 @@ def _initial_factors(
             b = plan.groups
             plan.factors = [f[start : start + b] if b > 1 else f[start] for f in factors]
             start += b
+
+
+def _check_finite(plans: list[_Plan]) -> None:
+    for plan in plans:
+        if not bool(torch.isfinite(plan.matrices).all()):
+            raise ValueError(
+                f"`model` weight {plan.name!r} has NaN or inf entries: init='preserve' "
+                "factorizes finite weights only"
+            )
 
 
 def _check_ranks(plans: list[_Plan], ranks: Tensor, widths: list[int]) -> None:
@@ -170,15 +198,13 @@ def _install(owners: list[tuple[str, nn.Module, str]], factors: Factorized) -> N
     """Replace the shared parameter by ``factors`` in every module that holds it."""
     for _, module, name in owners:
         info: HostInfo | None = vars(module).get(HOST)
-        kind = chain_kind(module, name) if info is None else None
         if info is None:
-            info = HostInfo(type(module), list(module._parameters))
+            info = HostInfo(type(module), list(module._parameters), [], chain_kind(module, name))
         del module._parameters[name]
         module.add_module(name + SUFFIX, factors)
         info.names.append(name)
-        module.__class__ = host_class(
-            info.cls, tuple(info.names), kind if len(info.names) == 1 else None
-        )
+        kind = info.kind if info.kind == "mha" or info.names == ["weight"] else None
+        module.__class__ = host_class(info.cls, tuple(info.names), kind)
         object.__setattr__(module, HOST, info)
 
 
@@ -198,12 +224,10 @@ def _check_not_wrapped(model: nn.Module) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     wrappers: tuple[type, ...] = (DistributedDataParallel,)
-    try:
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-        wrappers += (FSDPModule, FullyShardedDataParallel)
-    except ImportError:  # pragma: no cover - builds without torch.distributed
-        pass
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # no FSDP module exists before its import
+    for kind in ("FSDPModule", "FullyShardedDataParallel"):
+        if isinstance(getattr(fsdp, kind, None), type):
+            wrappers += (getattr(fsdp, kind),)
     found = [
         (n or "<model>", type(m).__name__)
         for n, m in model.named_modules()
@@ -250,14 +274,18 @@ def _plan(
         if isinstance(targets, str):
             skipped.append(Skipped(name, type(module).__name__, targets))
             continue
+        targets, frozen = _trainable(module, targets)
+        if frozen:
+            skipped.append(Skipped(name, type(module).__name__, frozen))
         for target in targets:
             weight = module._parameters[target[0]]
             if id(weight) not in plans:
                 M = as_matrices(weight.detach(), target[1], target[2])  # type: ignore[union-attr]
                 widths = _widths(width, depth, M.shape[-2], M.shape[-1])
                 plans[id(weight)] = _Plan(f"{name}.{target[0]}", module, target, widths)
-    if strict and skipped:
-        listing = "; ".join(f"{s.name} ({s.kind}): {s.reason}" for s in skipped)
+    refused = [s for s in skipped if not s.reason.startswith((FROZEN, EMPTY))]
+    if strict and refused:
+        listing = "; ".join(f"{s.name} ({s.kind}): {s.reason}" for s in refused)
         raise ValueError(
             f"strict=True: these selected modules cannot be overparameterized: {listing}"
         )
@@ -301,7 +329,11 @@ def overparameterize(
     and stays shared: every module holding it reads the same product.  Factorizations run batched
     over same-shape weights, in float32 for bf16/fp16 weights (factors stored in the weight's
     dtype).  Selected layers that cannot be overparameterized are skipped and listed by
-    :func:`summary` (``strict=True`` raises instead).
+    :func:`summary` (``strict=True`` raises instead).  Frozen weights (``requires_grad=False``,
+    such as the base weights under a LoRA adapter) are left plain and listed, never an error:
+    their factors could not train, and would only cost memory and time; so are empty weights
+    (a zero dimension: nothing to factorize).  ``meta`` weights get
+    ``meta`` factors of the same shapes (counted by :func:`summary`; no values to preserve).
 
     Args:
         model: the model, changed in place (the model itself may be a selected layer).  Must not
@@ -315,9 +347,10 @@ def overparameterize(
             ``in_proj_weight`` as three q/k/v blocks, or its separate q/k/v weights) and Hugging
             Face ``Conv1D``.
         scale: entry std of ``"near_zero"``.
-        generator: random generator of ``"near_zero"``.
+        generator: CPU random generator of ``"near_zero"``.
         order: contraction order, ``"auto"`` (the cheaper per call), ``"product"`` or ``"chain"``.
-        strict: raise on a selected layer that cannot be overparameterized.
+        strict: raise on a selected layer that cannot be overparameterized (frozen and empty
+            weights excepted).
 
     Returns:
         ``model``.
@@ -337,6 +370,15 @@ def overparameterize(
     if order not in ORDERS:
         raise ValueError(f"`order` must be one of {ORDERS}, got {order!r}")
     scale = _validate.positive(scale, "scale")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"`generator` must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"`generator` must be a CPU torch.Generator (factors are drawn on the CPU), "
+            f"got one on {generator.device}"
+        )
     kinds = _kinds(modules)
     _check_not_wrapped(model)
     plans = _plan(model, kinds, N, width, strict)
