@@ -61,9 +61,15 @@ def floating(x: Tensor, name: str, min_dim: int = 0) -> Tensor:
 
 
 def extent(x: Tensor, name: str) -> float:
-    """``max |x|`` (0 for an empty tensor); ``ValueError`` for NaN or infinite entries.
+    """``max |x|`` (0 for an empty tensor); ``ValueError`` for NaN or infinite entries and for
+    meta tensors (which have no values).
 
     One ``aminmax`` pass (NaN propagates through it), cheaper than ``isfinite(x).all()``."""
+    if x.is_meta:
+        raise ValueError(
+            f"`{name}` is a meta tensor: meta tensors have no values to compute with "
+            "(give a tensor on a real device)"
+        )
     if x.numel() == 0:
         return 0.0
     lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()

@@ -69,3 +69,26 @@ def test_errors(gen):
         imbalance([W, W])
     with pytest.raises(ValueError, match="`factors` must contain at least one matrix"):
         product([])
+
+
+def test_product_refuses_mixed_dtypes_and_unbroadcastable_batches(gen):
+    W = torch.randn(3, 4, generator=gen, dtype=F64)
+    with pytest.raises(
+        ValueError,
+        match=r"`factors\[1\]` must have the dtype of `factors\[0\]` \(torch.float32\), got torch.float64",
+    ):
+        product([W.float(), W.T])
+    with pytest.raises(
+        ValueError,
+        match=r"batch dimensions of `factors\[0\]` \(2,\), `factors\[1\]` \(3,\) must broadcast",
+    ):
+        product([W.expand(2, 3, 4), W.T.expand(3, 4, 3)])
+
+
+def test_product_accepts_any_iterable(gen):
+    W = torch.randn(3, 4, generator=gen, dtype=F64)
+    torch.testing.assert_close(product(x for x in [W, W.T]), W.T @ W, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`factors` must contain at least one matrix"):
+        product(iter([]))
+    with pytest.raises(ValueError, match="`factors` must be a sequence of tensors, got int"):
+        product(3)

@@ -164,3 +164,9 @@ def test_argument_names_and_ranges(gen):
         product([W, 3.0])
     with pytest.raises(ValueError, match="`p` must be a real number >= 1, got inf"):
         lp_loss(W, G, float("inf"))
+
+
+def test_meta_tensors_are_refused_by_name():
+    W = torch.zeros(3, 4, dtype=F64, device="meta")
+    with pytest.raises(ValueError, match="`W` is a meta tensor: meta tensors have no values"):
+        precondition(W, W, 2)

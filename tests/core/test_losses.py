@@ -77,3 +77,37 @@ def test_gradient_names_the_mismatched_argument(gen):
         lp_gradient(W, X.float(), Y, 2)
     with pytest.raises(ValueError, match=r"batch dimensions of `W` \(4,\), `X` \(2,\)"):
         lp_gradient(W.expand(4, 2, 3), X.expand(2, 10, 3), Y, 2)
+
+
+def test_a_mean_over_zero_samples_is_refused():
+    W = torch.randn(3, 4, dtype=F64)
+    with pytest.raises(
+        ValueError,
+        match=r"`pred` must contain at least one sample and one output, got shape \(0, 4\)",
+    ):
+        lp_loss(W[:0], W[:0], 2)
+    with pytest.raises(
+        ValueError,
+        match=r"`pred` must contain at least one sample and one output, got shape \(3, 0\)",
+    ):
+        lp_loss(W[:, :0], W[:, :0], 2)
+    with pytest.raises(
+        ValueError, match=r"`pred` must contain at least one sample.*got shape \(0,\)"
+    ):
+        lp_loss(W[0, :0], W[0, :0], 2)
+    with pytest.raises(
+        ValueError, match=r"`X` must contain at least one sample \(row\), got shape \(0, 4\)"
+    ):
+        lp_gradient(W, torch.zeros(0, 4, dtype=F64), torch.zeros(0, 3, dtype=F64), 2)
+    with pytest.raises(ValueError, match=r"`X` must contain at least one sample \(row\)"):
+        lp_loss_of_matrix(W, torch.zeros(0, 4, dtype=F64), torch.zeros(0, 3, dtype=F64), 2)
+    # an empty batch of problems is still an empty result
+    assert lp_loss(torch.zeros(0, 3, 4, dtype=F64), torch.zeros(0, 3, 4, dtype=F64), 2).shape == (
+        0,
+    )
+    assert lp_gradient(
+        W[:0], torch.ones(5, 4, dtype=F64), torch.ones(5, 0, dtype=F64), 2
+    ).shape == (
+        0,
+        4,
+    )

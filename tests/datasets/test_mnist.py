@@ -90,3 +90,9 @@ def test_path_must_be_a_directory(tmp_path):
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(ValueError, match="`path` must be an existing directory"):
         mnist("test", path=tmp_path / "file", download=False)
+
+
+@pytest.mark.parametrize("path", [3, b"data", ["data"]])
+def test_path_must_be_a_string_or_path(path):
+    with pytest.raises(ValueError, match=r"`path` must be a str or os.PathLike directory, got "):
+        mnist("test", path=path, download=False)

@@ -1,9 +1,12 @@
-"""A Dask ``LocalCluster`` of 2 one-thread worker processes, shared by the engine tests."""
+"""A Dask ``LocalCluster`` of 2 one-thread worker processes for the engine tests that use one.
+
+Module-scoped: the cluster and its client threads are gone before other modules fork processes.
+"""
 
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def client():
     pytest.importorskip("distributed")
     from overparam.engine.distributed import close_client, open_client

@@ -58,3 +58,26 @@ def test_balanced_update_rule_gap_is_small_and_drift_bounded(tmp_path):
     a1 = {c["id"]: c for c in s["claims"]}["A1"]["measured"]
     # Theorem 1 from balanced init: the emulation follows the net up to O(lr) per unit time
     assert a1["worst_by_init"]["balanced"] < 0.05
+
+
+@pytest.mark.filterwarnings("ignore:gas_sensor")
+@pytest.mark.skipif(not HAS_DATA, reason="needs $OVERPARAM_DATA/gas-sensor-drift")
+def test_gd_rate_records_divergence_and_runs_outside_the_premise(tmp_path):
+    overrides = {"steps": 50, "points": 10, "ps": [2], "eta_times_L": [0.5, 2.5, 100.0]}
+    s = run_experiment("gd-rate", overrides=overrides, out=tmp_path, quiet=True, plots=True)
+    a13 = {c["id"]: c for c in s["claims"]}["A13"]
+    assert a13["reproduced"]  # the one run inside the premise satisfies the bound
+    assert "1/1 runs with eta L < 2 satisfy it" in a13["note"]
+    note = a13["note"]
+    assert "2 runs with eta L >= 2 (outside the premise eta < 2/L) and 0 diverged runs" in note
+    assert "diverged: l2 eta*L=2.50, l2 eta*L=100.00." in note
+
+
+@pytest.mark.filterwarnings("ignore:gas_sensor")
+@pytest.mark.skipif(not HAS_DATA, reason="needs $OVERPARAM_DATA/gas-sensor-drift")
+def test_gd_rate_refuses_an_overflowing_or_non_smooth_p(tmp_path):
+    overrides = {"steps": 5, "points": 3, "eta_times_L": [0.5]}
+    with pytest.raises(ValueError, match=r"`ps` entry 1000 overflows float64 on Ethanol"):
+        run_experiment("gd-rate", overrides={**overrides, "ps": [1000]}, out=tmp_path, quiet=True)
+    with pytest.raises(ValueError, match=r"ps"):
+        run_experiment("gd-rate", overrides={**overrides, "ps": [1]}, out=tmp_path, quiet=True)

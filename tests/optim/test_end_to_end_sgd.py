@@ -212,3 +212,60 @@ def test_cuda_matches_cpu(gen):
         assert q.is_cuda
         # cuSOLVER and LAPACK round differently: 1e-10 after 4 float64 steps
         assert torch.allclose(p, q.cpu(), atol=1e-10)
+
+
+def test_a_bare_tensor_or_a_malformed_group_is_refused_by_name():
+    w = nn.Linear(4, 3).weight
+    with pytest.raises(
+        ValueError,
+        match=r"`params` must be an iterable of tensors or param-group dicts, got a Tensor",
+    ):
+        EndToEndSGD(w, lr=0.1, depth=2)
+    with pytest.raises(
+        ValueError, match=r"param group 0 must have a 'params' entry, got keys \['lr'\]"
+    ):
+        EndToEndSGD([{"lr": 0.1}], lr=0.1, depth=2)
+    with pytest.raises(
+        ValueError, match=r"param group 0 has unknown key 'lrr'; known keys: \['depth', .*'lr'"
+    ):
+        EndToEndSGD([{"params": [w], "lrr": 0.1}], lr=0.1, depth=2)
+    opt = EndToEndSGD([w], lr=0.1, depth=2)
+    with pytest.raises(ValueError, match=r"param group 1 has unknown key 'dept'"):
+        opt.add_param_group({"params": [nn.Linear(2, 2).weight], "dept": 3})
+    with pytest.raises(ValueError, match=r"param group 1: `depth` must be >= 1, got 0"):
+        opt.add_param_group({"params": [nn.Linear(2, 2).weight], "depth": 0})
+    assert len(opt.param_groups) == 1
+
+
+def test_integer_parameters_are_refused_at_construction():
+    w = torch.zeros(3, 4, dtype=torch.long)
+    w.grad = torch.ones_like(w)
+    with pytest.raises(
+        ValueError,
+        match=r"param group 0, parameter 1 \(shape \(3, 4\)\) must have a floating dtype .*got torch.int64",
+    ):
+        EndToEndSGD([torch.zeros(2, dtype=torch.float64), w], lr=0.1, depth=2)
+
+
+def test_empty_parameters_take_a_no_op_step(gen):
+    empty = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    empty.grad = torch.zeros(0, 4, dtype=torch.float64)
+    w.grad = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    reference = w.detach().clone().requires_grad_()
+    reference.grad = w.grad.clone()
+    opt = EndToEndSGD([empty, w], lr=0.1, depth=2, momentum=0.9, **EXACT)
+    opt.step()
+    EndToEndSGD([reference], lr=0.1, depth=2, momentum=0.9, **EXACT).step()
+    assert empty.shape == (0, 4)
+    torch.testing.assert_close(w, reference, rtol=0, atol=0)
+
+
+def test_load_state_dict_validates_the_groups(gen):
+    w = torch.randn(3, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    opt = EndToEndSGD([w], lr=0.1, depth=2)
+    state = copy.deepcopy(opt.state_dict())
+    state["param_groups"][0]["depth"] = 0
+    with pytest.raises(ValueError, match=r"param group 0: `depth` must be >= 1, got 0"):
+        opt.load_state_dict(state)
+    assert opt.param_groups[0]["depth"] == 2

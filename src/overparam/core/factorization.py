@@ -8,7 +8,7 @@ values ``s^(1/N)`` of ``W`` (claim A14).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -26,21 +26,28 @@ def _check_chain(factors: Sequence[Tensor]) -> None:
             )
 
 
-def product(factors: Sequence[Tensor]) -> Tensor:
+def product(factors: Iterable[Tensor]) -> Tensor:
     """End-to-end matrix ``W_N ... W_1`` of factors listed ``W_1`` first (batched over leading dims).
 
-    The forward pass of a factorized model: plain matrix products, so NaN and inf propagate as in
-    ``torch.matmul`` (the one core function that does not reject them).
+    ``factors`` is any iterable of matrices of one dtype whose leading (batch) dimensions
+    broadcast.  The forward pass of a factorized model: plain matrix products, so NaN and inf
+    propagate as in ``torch.matmul`` (the one core function that does not reject them).
     """
     if isinstance(factors, Tensor):
         raise ValueError("`factors` must be a sequence of tensors, got a Tensor")
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Iterable):
+        raise ValueError(f"`factors` must be a sequence of tensors, got {type(factors).__name__}")
+    factors = list(factors)
     if len(factors) == 0:
         raise ValueError("`factors` must contain at least one matrix, got an empty sequence")
     for j, f in enumerate(factors):
         if not isinstance(f, Tensor) or f.dim() < 2:
             got = f"shape {tuple(f.shape)}" if isinstance(f, Tensor) else type(f).__name__
             raise ValueError(f"`factors[{j}]` must be a matrix (>= 2 dimensions), got {got}")
+        _validate.same_dtype(factors[0], f, "factors[0]", f"factors[{j}]")
     _check_chain(factors)
+    if any(f.dim() > 2 for f in factors):
+        _validate.batch_shapes({f"factors[{j}]": f.shape[:-2] for j, f in enumerate(factors)})
     out = factors[0]
     for W in factors[1:]:
         out = W @ out

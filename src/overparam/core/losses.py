@@ -30,6 +30,10 @@ def _check_pred_target(pred: Tensor, target: Tensor) -> None:
             f"dimensions may broadcast), got {tuple(target.shape)}"
         )
     _validate.batch_shapes({"pred": pred.shape[:-2], "target": target.shape[:-2]})
+    if pred.shape[-core:].numel() == 0:  # a mean over no entries is undefined
+        raise ValueError(
+            f"`pred` must contain at least one sample and one output, got shape {tuple(pred.shape)}"
+        )
 
 
 def lp_loss(pred: Tensor, target: Tensor, p: float) -> Tensor:
@@ -40,6 +44,8 @@ def lp_loss(pred: Tensor, target: Tensor, p: float) -> Tensor:
         target: targets of the same dtype and shape ``(..., b, m)`` (leading batch dimensions
             broadcast; the last two must equal those of ``pred``), or ``(b,)`` with a 1-D ``pred``.
             Never broadcast across ``b`` or ``m``: ``(b, 1)`` against ``(b,)`` is an error.
+            ``b`` and ``m`` must be >= 1 (a mean over no entries is undefined); an empty batch
+            gives an empty result.
         p: exponent ``p >= 1`` (2: least squares; 4: the l4 loss of the paper).
 
     Returns:
@@ -82,6 +88,8 @@ def _check_regression(W: Tensor, X: Tensor, Y: Tensor) -> None:
     if Y.shape[-2] != X.shape[-2]:
         raise ValueError(f"`Y` must have the {X.shape[-2]} rows of `X`, got shape {tuple(Y.shape)}")
     _validate.batch_shapes({"W": W.shape[:-2], "X": X.shape[:-2], "Y": Y.shape[:-2]})
+    if X.shape[-2] == 0:  # the gradient is a mean over samples: undefined over none
+        raise ValueError(f"`X` must contain at least one sample (row), got shape {tuple(X.shape)}")
 
 
 def lp_gradient(W: Tensor, X: Tensor, Y: Tensor, p: float) -> Tensor:
@@ -92,7 +100,7 @@ def lp_gradient(W: Tensor, X: Tensor, Y: Tensor, p: float) -> Tensor:
 
     Args:
         W: end-to-end matrix, shape ``(..., m, d)``.
-        X: inputs, shape ``(b, d)`` (or batched ``(..., b, d)``).
+        X: inputs, shape ``(b, d)`` (or batched ``(..., b, d)``), ``b >= 1``.
         Y: targets, shape ``(b, m)`` (or batched ``(..., b, m)``).
         p: exponent ``p >= 1``.
 

@@ -18,6 +18,10 @@ def data_dir(path: str | os.PathLike[str] | None, subdir: str) -> Path:
     downloads).
     """
     if path is not None:
+        if not isinstance(path, (str, os.PathLike)) or isinstance(os.fspath(path), bytes):
+            raise ValueError(
+                f"`path` must be a str or os.PathLike directory, got {type(path).__name__} {path!r}"
+            )
         root = Path(path).expanduser()
         if not root.is_dir():
             raise ValueError(f"`path` must be an existing directory, got {str(root)!r}")

@@ -153,7 +153,7 @@ def end_to_end_direction(
         return out
     buckets: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        if p.dim() >= 2:
+        if p.dim() >= 2 and p.numel() > 0:  # an empty matrix: its (empty) gradient as is
             _validate.same_shape(p, g, "param", "grad")
             buckets[(tuple(p.shape), p.dtype, p.device, cache[i] is None)].append(i)
     for (shape, dtype, _, fresh), idx in buckets.items():
@@ -257,6 +257,41 @@ def _check_group(group: dict[str, Any]) -> None:
             check(group[key])
 
 
+def _checked_group(group: Any, index: int, known: Iterable[str]) -> dict[str, Any]:
+    """A param group dict with a ``params`` entry, known keys only, valid values and floating
+    tensors; ``params`` is returned as a list (a generator is read once)."""
+    if not isinstance(group, dict):
+        raise ValueError(f"param group {index} must be a dict, got {type(group).__name__}")
+    if "params" not in group:
+        raise ValueError(
+            f"param group {index} must have a 'params' entry, got keys {sorted(group)}"
+        )
+    allowed = {"params", "param_names", *known}
+    unknown = sorted(str(k) for k in group if k not in allowed)
+    if unknown:
+        raise ValueError(
+            f"param group {index} has unknown key {unknown[0]!r}; known keys: {sorted(allowed)}"
+        )
+    try:
+        _check_group(group)
+    except ValueError as error:
+        raise ValueError(f"param group {index}: {error}") from None
+    params = group["params"]
+    if isinstance(params, set):
+        raise ValueError(f"param group {index}: `params` must be ordered (a list), got a set")
+    params = [params] if isinstance(params, Tensor) else list(params)
+    for j, p in enumerate(params):
+        where = f"param group {index}, parameter {j}"
+        if not isinstance(p, Tensor):
+            raise ValueError(f"{where} must be a torch.Tensor, got {type(p).__name__}")
+        if p.dtype not in _validate.FLOATING:
+            raise ValueError(
+                f"{where} (shape {tuple(p.shape)}) must have a floating dtype (float16, "
+                f"bfloat16, float32 or float64), got {p.dtype}"
+            )
+    return {**group, "params": params}
+
+
 class EndToEndSGD(torch.optim.Optimizer):
     """SGD whose matrix parameters follow the depth-``N`` end-to-end dynamics.
 
@@ -317,12 +352,19 @@ class EndToEndSGD(torch.optim.Optimizer):
             "factorization": factorization,
         }
         _check_group(defaults)
+        if isinstance(params, (Tensor, dict)) or not isinstance(params, Iterable):
+            kind = "a Tensor" if isinstance(params, Tensor) else type(params).__name__
+            raise ValueError(
+                "`params` must be an iterable of tensors or param-group dicts, got "
+                f"{kind} (wrap a single tensor in a list)"
+            )
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its own hyperparameters are validated like the constructor's."""
-        _check_group(param_group)
-        super().add_param_group(param_group)
+        """Add a group: a dict with ``params``, known keys only, hyperparameters validated like
+        the constructor's and floating-point tensors."""
+        index = len(getattr(self, "param_groups", []))
+        super().add_param_group(_checked_group(param_group, index, self.defaults))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -334,7 +376,12 @@ class EndToEndSGD(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``torch.optim.Optimizer.load_state_dict``, keeping the float32 cache of half-precision
         parameters in float32 (the base class casts every floating state tensor to the
-        parameter's dtype)."""
+        parameter's dtype).  The saved groups' hyperparameters are validated first."""
+        for index, group in enumerate(state_dict["param_groups"]):
+            try:
+                _check_group(group)
+            except ValueError as error:
+                raise ValueError(f"param group {index}: {error}") from None
         saved = state_dict["state"]
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
