@@ -2,9 +2,10 @@
 
 Run: ``.venv/bin/python benchmarks/bench_training.py [--steps 300] [--threads 1] [--ps 4 2]``.
 
-The grid is the full preset of ``lp-depth`` (Arora et al. 2018, Fig. 3): 14 learning rates x
-depths 1/2/3 with width-1 hidden layers, on the Ethanol problem (1316 x 128; a synthetic
-problem of the same shape when ``$OVERPARAM_DATA`` is not set).  All in one process, same steps:
+The grid spans the rates ``lp-depth`` searches (Arora et al. 2018, Fig. 3): 14 learning rates
+x depths 1/2/3 with width-1 hidden layers, on the Ethanol problem (every batch present, 2565 x
+128 with the reconstructed batches 7 and 10; a synthetic problem of 1316 x 128 when
+``$OVERPARAM_DATA`` is not set).  All in one process, same steps:
 
 * ``batched``: :func:`overparam.training.train`, the 42 configurations as one tensor program
   (diverged configurations are dropped from the batch, as in the experiment);
@@ -29,8 +30,21 @@ import warnings
 
 import torch
 
-from overparam.experiments.arora_ethanol import LP_DEPTH, width1_nets
-from overparam.training import end_to_end, train
+from overparam.models.deep_linear import initial_factors
+from overparam.training import end_to_end, stack_configs, train
+
+LRS = [2e-4, 3e-4, 4e-4, 5e-4, 7e-4, 1e-3, 1.2e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 1e-2, 2e-2, 5e-2]
+
+
+def width1_nets(depths: list[int], count: int, d: int, scale: float, seed: int):
+    """``count`` near-zero nets per depth with width-1 hidden layers, stacked (one generator)."""
+    gen = torch.Generator().manual_seed(seed)
+    nets = [
+        initial_factors([d] + [1] * n, "near_zero", scale, gen)
+        for n in depths
+        for _ in range(count)
+    ]
+    return stack_configs(nets)
 
 
 def problem() -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -90,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     X, Y, name = problem()
-    lrs = [float(v) for v in LP_DEPTH.presets["full"]["lrs"]]
+    lrs = list(LRS)
     peak = matmul_gflops()
     b, d = X.shape
     print(

@@ -1,6 +1,7 @@
 """lp-depth and vs-adaptive (A8, A9): run + judge + plot on tiny configs; the l4 acceleration and
 the l2 non-acceleration through the public training API on a synthetic problem."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -8,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from overparam.engine import get, run_experiment
-from overparam.experiments.arora_ethanol import judge_vs_adaptive, next_divergence
+from overparam.experiments import _ethanol_grid as grid
 from overparam.models.deep_linear import initial_factors
 from overparam.training import select_fastest, stack_configs, train
 
@@ -20,98 +20,104 @@ HAS_DATA = (
 needs_data = pytest.mark.skipif(not HAS_DATA, reason="needs $OVERPARAM_DATA/gas-sensor-drift")
 
 TINY = {
-    "lp-depth": {"steps": 300, "points": 10, "lrs": [1e-3, 5e-2]},
-    "vs-adaptive": {
-        "steps": 200,
-        "points": 10,
-        "grids": {"gd": [1e-3], "adagrad": [1e-2], "adadelta": [1e-2, 100.0], "adam": [1e-3]},
-    },
-}
+    "steps": 300,
+    "points": 10,
+    "seeds": [0, 1],
+    "data": ["all"],
+    "lrs": {"l4": {"1": [1e-3, 5e-2], "2": [1e-3], "3": [1e-3]},
+            "l2": {"1": [1e-2], "2": [1e-2], "3": [1e-2]}},
+    "lrs_by_group": {"all": {"l4": {"1": [1e-3, 5e-2], "2": [1e-3], "3": [1e-3]}}},
+    "sensitivity": ["b6,8,9"],
+    "sensitivity_lrs": {"1": [1e-3], "2": [1e-3], "3": [5e-4]},
+    "sensitivity_steps": 300,
+}  # fmt: skip
 
 
-@needs_data
-@pytest.mark.filterwarnings("ignore:gas_sensor")
-@pytest.mark.parametrize("name", list(TINY))
-def test_run_judge_plot_tiny(tmp_path, name):
-    summary = run_experiment(name, overrides=TINY[name], out=tmp_path, quiet=True, plots=True)
-    claims = {c["id"]: c for c in summary["claims"]}
-    assert set(claims) == {c.id for c in get(name).claims}
-    assert all(c["measured"] is not None and c["note"] for c in claims.values())
-    assert summary["figures"] and (tmp_path / name / summary["figures"][0]).exists()
-    again = run_experiment(name, overrides=TINY[name], out=tmp_path, quiet=True, plots=False)
-    assert again["cached"] and again["claims"] == summary["claims"]
+def _cell(name, depth, rates, optimizer="gd"):
+    return {"name": name, "depth": depth, "rates": rates, "optimizer": optimizer}
 
 
-@needs_data
-@pytest.mark.filterwarnings("ignore:gas_sensor")
-def test_lp_depth_reports_divergence_checkpoints_and_l_star(tmp_path):
-    s = run_experiment(
-        "lp-depth", overrides=TINY["lp-depth"], out=tmp_path, quiet=True, plots=False
+def test_one_init_per_depth_and_seed_shared_by_the_rate_grid():
+    cells = [
+        _cell("a", 2, [1e-3, 2e-3, 3e-3]),
+        _cell("b", 2, [5e-3], "adam"),
+        _cell("c", 1, [1e-3]),
+    ]
+    configs = grid._inits(cells, [0, 1], d=6, scale=0.01)
+    assert len(configs) == 2 * 3 + 2 * 1 + 2 * 1  # cell x seed x rate
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert same(configs[0], configs[1]) and same(configs[0], configs[2])  # seed 0, three rates
+    assert same(configs[3], configs[5]) and not same(configs[0], configs[3])  # seed 1 differs
+    assert same(configs[6], configs[0]) and same(configs[7], configs[3])  # same depth and seed
+    assert [W.shape for W in configs[8]] == [(1, 6)]
+
+
+def test_rate_chosen_on_the_median_over_seeds_and_diverged_rates_excluded():
+    # rows in the order seed, rate; 3 seeds x 3 rates; curves of 2 recorded steps
+    final = [[1.0, 2.0, 0.5], [1.0, 2.0, 0.4], [10.0, 2.0, 0.3]]  # rate 0: mean 4, median 1
+    gaps = torch.tensor(
+        [[5.0, final[s][r]] for s in range(3) for r in range(3)], dtype=torch.float64
     )
-    m = s["claims"][0]["measured"]
-    metrics = (tmp_path / "lp-depth" / "metrics.json").read_text()
-    import json
-
-    curves = json.loads(metrics)["curves"]
-    # lr 5e-2 is far above l4 GD's stability bound on standardized Ethanol: diverged and excluded
-    assert 5e-2 in curves["l4"]["depth"]["1"]["diverged_lrs"] and m["l4_lr"]["1"] == 1e-3
-    assert m["samples"] == 1316 and set(m["l4_checkpoints"]["1"]) == {"300"}
-    assert curves["l4"]["L*"] > 0 and all(g > 0 for g in curves["l4"]["depth"]["1"]["gap"])
-    # the step at which 5e-2 diverged is a recorded step of the run; the stable 1e-3 has none
-    step = curves["l4"]["depth"]["1"]["diverged_step_per_lr"][1]
-    assert curves["l4"]["depth"]["1"]["diverged_step_per_lr"][0] is None
-    assert step in curves["l4"]["steps"] and step > 0
-    assert m["next_rate_diverged_at"]["l4"]["1"] == [5e-2, step]
+    div = [None, None, None, None, None, 700, None, None, None]  # rate 2 diverged at seed 1
+    out = grid._cell_result(_cell("d", 1, [0.1, 0.2, 0.3]), gaps, div, [0, 1, 2])
+    assert out["lr"] == 0.1 and out["median_final_per_rate"] == [1.0, 2.0, None]
+    assert out["final"] == {"median": 1.0, "min": 1.0, "max": 10.0, "per_seed": [1.0, 1.0, 10.0]}
+    assert out["gap"]["median"] == [5.0, 1.0] and out["diverged_step_per_rate"][2] == [
+        None,
+        700,
+        None,
+    ]
+    assert out["final_per_rate"][2] == [0.5, None, 0.3]
 
 
-def test_next_divergence_is_the_smallest_diverged_rate_above_the_selected_one():
-    rates = [1e-3, 2e-3, 3e-3, 4e-3]
-    curve = {"depth": {"2": {"lr": 2e-3, "diverged_step_per_lr": [500, None, 900, 100]}}}
-    # 1e-3 diverged too but lies below the selected rate; 3e-3 is the next one above
-    assert next_divergence(curve, 2, rates) == [3e-3, 900]
-    curve["depth"]["2"]["diverged_step_per_lr"] = [None, None, None, None]
-    assert next_divergence(curve, 2, rates) is None
-    every = {"depth": {"1": {"lr": None, "diverged_step_per_lr": [7, 5, 3, 1]}}}
-    assert next_divergence(every, 1, rates) == [1e-3, 7]
+def test_below_is_judged_on_medians_and_fragile_when_ranges_overlap():
+    def run(**cells):
+        return {"cells": {k: {"final": {"median": m, "min": lo, "max": hi}} for k, (m, lo, hi)
+                          in cells.items()}}  # fmt: skip
 
-
-def _adaptive_metrics(gaps: dict[str, float | None]) -> dict:
-    def curve(depths):
-        return {
-            "steps": [0, 10],
-            "depth": {
-                str(n): {
-                    "lr": None if gaps[f"{k}"] is None else 0.1,
-                    "gap": None if gaps[k] is None else [1.0, gaps[k]],
-                    "diverged_lrs": [0.1] if gaps[k] is None else [],
-                }
-                for n, k in depths
-            },
-        }
-
-    return {
-        "curves": {
-            "gd": curve([(3, "gd3")]),
-            "adagrad": curve([(1, "adagrad1")]),
-            "adadelta": curve([(1, "adadelta1")]),
-            "adam": curve([(1, "adam1"), (2, "adam2"), (3, "adam3")]),
-        }
+    clear = run(a=(1.0, 0.9, 1.1), b=(2.0, 1.8, 2.2))
+    assert grid.below(clear, "a", clear, "b") == {
+        "holds": True,
+        "fragile": False,
+        "median": [1.0, 2.0],
     }
+    close = run(a=(1.0, 0.8, 1.9), b=(1.2, 1.1, 1.3))
+    assert grid.below(close, "a", close, "b")["fragile"]
+    assert grid.below(close, "b", close, "a") == {
+        "holds": False,
+        "fragile": True,
+        "median": [1.2, 1.0],
+    }
+    gone = {
+        "cells": {"a": {"final": None}, "b": {"final": {"median": 1.0, "min": 1.0, "max": 1.0}}}
+    }
+    assert not grid.below(gone, "a", gone, "b")["holds"]
 
 
-def test_vs_adaptive_judge_fails_a_method_whose_every_rate_diverged():
-    config = {"steps": 10, "grids": {k: [0.1] for k in ("gd", "adagrad", "adadelta", "adam")}}
-    gaps = {"gd3": 0.1, "adagrad1": 0.2, "adadelta1": 0.3, "adam1": 0.05, "adam2": 0.04}
-    (ok,) = judge_vs_adaptive(config, _adaptive_metrics({**gaps, "adam3": 0.03}))
-    assert ok.reproduced and ok.measured["final_gap"]["adadelta1"] == 0.3
-    # the last step (10) is the only checkpoint of a 10-step run; no rate diverged
-    assert ok.measured["checkpoints"]["gd3"] == {"10": 0.1}
-    assert ok.measured["next_rate_diverged_at"]["adam2"] is None
-    (bad,) = judge_vs_adaptive(
-        config, _adaptive_metrics({**gaps, "adadelta1": None, "adam3": 0.03})
-    )
-    assert not bad.reproduced and not bad.measured["checks"]["gd3 < adadelta1"]
-    assert "adadelta1" in bad.note and bad.measured["final_gap"]["adadelta1"] is None
+@needs_data
+@pytest.mark.filterwarnings("ignore::overparam.datasets.gas_sensor.MissingBatchesWarning")
+def test_lp_depth_tiny_run_reports_seeds_spreads_and_data(tmp_path, tiny_run):
+    summary = tiny_run("lp-depth", TINY, tmp_path)
+    claims = {c["id"]: c for c in summary["claims"]}
+    a8 = claims["A8"]["measured"]
+    cells = a8["groups"]["all"]["l4"]
+    # per-seed values and their spread, for every depth; the rate 5e-2 diverged and is excluded
+    for depth in ("depth1", "depth2", "depth3"):
+        final = cells[depth]["final"]
+        assert len(final["per_seed"]) == 2 and final["min"] <= final["median"] <= final["max"]
+    assert cells["depth1"]["lr"] == 1e-3 and set(cells["depth1"]["checkpoints"]) == set()
+    metrics = json.loads((tmp_path / summary["directory"] / "metrics.json").read_text())
+    raw = metrics["runs"]["all"]["l4"]
+    assert raw["samples"] == 2565 and raw["reconstructed_batches"] == [7, 10]
+    assert all(step in raw["steps"] for step in raw["cells"]["depth1"]["diverged_step_per_rate"][1])
+    assert raw["cells"]["depth1"]["median_final_per_rate"][1] is None
+    assert "reconstructed" in claims["A8"]["note"] and "A8-data" in claims["A8"]["note"]
+    table = claims["A8-data"]["measured"]
+    assert set(table) == {"all", "b6,8,9"} and table["b6,8,9"]["samples"] == 30 + 514 + 61
+    assert table["b6,8,9"]["steps"] == 300 and table["all"]["seeds"] == [0, 1]
+    assert table["b6,8,9"]["lr"] == {"1": 1e-3, "2": 1e-3, "3": 5e-4}  # the sensitivity grid
+    assert all(table[g]["final"]["1"]["median"] > 0 for g in table)
+    assert "sensitivity.png" in summary["figures"] and "l4.png" in summary["figures"]
 
 
 def _best_final(X, Y, p, depths, lrs, steps, gen):

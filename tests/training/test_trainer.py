@@ -91,6 +91,25 @@ def test_identity_padding_is_a_shallower_network(gen):
     assert float(res.factors[1][0]) == 1.0 and float(res.factors[2][0]) == 1.0
 
 
+def test_mixed_optimizer_settings_equal_separate_runs(gen):
+    """One call with a different optimizer setting per configuration (the data products shared)
+    gives each configuration the run it gets alone, also after a divergent one is dropped."""
+    X, Y = _data(gen, m=1)
+    factors = _factors(gen, [5, 1, 1], K=6, scale=0.3)
+    names = ["adam", "gd", "adagrad", "adam", "adadelta", "gd"]
+    hypers = [None, None, {"initial_accumulator": 0.1, "eps": 0.0}, {"epsilon_hat": 1.0},
+              {"rho": 0.95, "eps": 1e-8}, None]  # fmt: skip
+    lrs, ps = [1e-2, 5e-3, 3e-2, 1e-2, 0.5, 50.0], [4.0, 4.0, 2.0, 4.0, 4.0, 4.0]
+    record = [0, 5, 10, 40]
+    res = train(X, Y, factors, lr=lrs, p=ps, steps=40, optimizer=names, hyper=hypers,
+                record=record)  # fmt: skip
+    assert res.diverged == [False] * 5 + [True]  # gd at rate 50 blows up, dropped mid-run
+    for k in range(5):
+        alone = train(X, Y, [W[k : k + 1] for W in factors], lr=lrs[k], p=ps[k], steps=40,
+                      optimizer=names[k], hyper=hypers[k], record=record)  # fmt: skip
+        torch.testing.assert_close(res.loss[k], alone.loss[0], rtol=1e-12, atol=0)
+
+
 def test_divergence_is_detected_reported_and_excluded(gen):
     X, Y = _data(gen, m=1)
     W = 0.1 * torch.randn(1, 1, 5, dtype=torch.float64, generator=gen).expand(3, 1, 5)

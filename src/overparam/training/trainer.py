@@ -242,8 +242,16 @@ def _drift(factors: Sequence[Tensor], initial: list[Tensor]) -> Tensor:
 class _Batch:
     """The active configurations of a run: parameters, rates, exponents, optimizer state."""
 
-    def __init__(self, params: list[Tensor], lrs: list[Tensor], ps: list[float]) -> None:
+    def __init__(
+        self,
+        params: list[Tensor],
+        lrs: list[Tensor],
+        ps: list[float],
+        tags: list[int] | None = None,
+    ) -> None:
         self.params, self.lrs, self.ps = params, lrs, ps
+        self.tags = tags if tags is not None else [0] * len(ps)
+        self.runs = _opt.blocks(self.tags)
         self.active = torch.arange(params[0].shape[0])
         self.state: dict[str, Any] = {}
 
@@ -252,6 +260,8 @@ class _Batch:
         self.params = [W.index_select(0, keep) for W in self.params]
         self.lrs = [lr.index_select(0, keep) for lr in self.lrs]
         self.ps = [self.ps[i] for i in keep.tolist()]
+        self.tags = [self.tags[i] for i in keep.tolist()]
+        self.runs = _opt.blocks(self.tags)
         if self.state:
             self.state = _opt.select_state(self.state, keep)
         problem.set_ps(self.ps)
@@ -308,8 +318,11 @@ def _loop(
     return {"loss": loss, "div": div_step, "drift": drift, "final": final, "watched": watched}
 
 
-def _sorted_by_p(ps: Tensor) -> tuple[Tensor, Tensor]:
-    order = torch.argsort(ps, stable=True)
+def _sorted_by_p(ps: Tensor, tags: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+    """The order that makes equal ``(p, tag)`` contiguous (stable), and its inverse."""
+    keys = ps.tolist()
+    rank = sorted(range(len(keys)), key=lambda i: (keys[i], 0 if tags is None else tags[i]))
+    order = torch.tensor(rank, dtype=torch.long)
     return order, torch.argsort(order)
 
 
@@ -336,8 +349,8 @@ def train(
     lr: float | Sequence[float] | Tensor,
     p: float | Sequence[float] | Tensor = 2.0,
     steps: int = 1000,
-    optimizer: str = "gd",
-    hyper: Mapping[str, float] | None = None,
+    optimizer: str | Sequence[str] = "gd",
+    hyper: Mapping[str, float] | Sequence[Mapping[str, float] | None] | None = None,
     depths: Sequence[int] | None = None,
     record: Sequence[int] | None = None,
     blowup: float = 1e4,
@@ -356,8 +369,10 @@ def train(
         lr: learning rate, one number or ``K`` numbers.
         p: loss exponent ``>= 1``, one number or ``K`` numbers (p = 4: the l4 loss).
         steps: number of full-batch iterations.
-        optimizer: ``"gd"``, ``"adagrad"``, ``"adadelta"`` or ``"adam"``; ``hyper`` overrides its
-            defaults (see :mod:`overparam.training.optimizers`).
+        optimizer: ``"gd"``, ``"adagrad"``, ``"adadelta"`` or ``"adam"``, or ``K`` of them;
+            ``hyper`` overrides its defaults (see :mod:`overparam.training.optimizers`), one
+            mapping or ``K`` of them.  Configurations with different settings still share the
+            data products of each step (one tensor program).
         depths: per-configuration depth ``N_k <= N``: layers ``j > N_k`` are frozen and must be
             identity matrices, so configuration ``k`` is a depth-``N_k`` network.
         record: steps at which the loss is recorded (default ``log_steps(steps, 100)``).
@@ -379,7 +394,7 @@ def train(
     X, Y = _check_data(X, Y)
     params = _check_factors(factors, X, Y)
     k, n = params[0].shape[0], len(params)
-    hp = _opt.check_optimizer(optimizer, hyper)
+    settings, tags = _opt.check_settings(optimizer, hyper, k)
     rates = _per_config(lr, k, "lr")
     ps = _per_config(p, k, "p")
     if bool((ps < 1).any()):
@@ -387,16 +402,16 @@ def train(
     _validate.positive(blowup, "blowup")
     record_at = _record_steps(steps, record)
     masks = _depth_masks(depths, params, k)
-    order, inverse = _sorted_by_p(ps)
+    order, inverse = _sorted_by_p(ps, tags)
     params = [W[order] for W in params]
     lrs = [(rates[order] * masks[j][order]).to(X.dtype).view(k, 1, 1) for j in range(n)]
-    batch = _Batch(params, lrs, ps[order].tolist())
-    batch.state = _opt.init_state(optimizer, params)
+    batch = _Batch(params, lrs, ps[order].tolist(), [tags[i] for i in order.tolist()])
+    batch.state = _opt.init_states(settings, batch.tags, params)
     problem = _Problem(X, Y, batch.ps, gram)
 
     def step(b: _Batch) -> None:
         grads = factor_gradients(b.params, problem.gradient(end_to_end(b.params)))
-        _opt.apply_update(optimizer, b.params, grads, b.state, b.lrs, hp)
+        _opt.apply_settings(settings, b.runs, b.params, grads, b.state, b.lrs)
 
     start = time.perf_counter()
     with torch.no_grad(), _threads(threads, _step_macs(X, params)):
