@@ -333,9 +333,12 @@ def plot_sensitivity(table: dict[str, Any]) -> Any:
     ax.set_xticklabels([f"{g}\n{table[g]['samples']} samples\n{len(table[g]['seeds'])} seed(s)"
                         for g in names], fontsize=7)  # fmt: skip
     ax.set_yscale("log")
-    ax.set_ylabel("final L - L* (l4, standardized data)")
+    steps = {table[g]["steps"] for g in names}
+    at = f"{steps.pop()} iterations" if len(steps) == 1 else "the end of each run"
+    ax.set_ylabel(f"L - L* at {at} (l4, standardized data)")
     ax.set_xlabel("data group")
-    ax.set_title("Ethanol l4: depth order per data group (GD, fastest stable rate per depth)")
+    ax.set_title("Ethanol l4: depth order per data group (GD, fastest stable rate per depth;\n"
+                 "bars: median over seeds, whiskers: min-max)", fontsize=10)  # fmt: skip
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=3)
     return fig
 

@@ -216,6 +216,7 @@ def plot_not_gradient(config: Config, metrics: Metrics) -> dict[str, Any]:
 NOT_A_GRADIENT = register(
     Experiment(
         name="not-a-gradient",
+        version=2,  # Ethanol now has all 2565 samples (batches 7 and 10 reconstructed)
         title="Arora et al. 2018 Thm 3, Claim 2; seed 000: no regularizer, Riemannian view",
         claims=(
             Claim(

@@ -155,6 +155,7 @@ def plot_update_rule(config: Config, metrics: Metrics) -> dict[str, Any]:
 UPDATE_RULE = register(
     Experiment(
         name="update-rule",
+        version=2,  # Ethanol now has all 2565 samples (batches 7 and 10 reconstructed)
         title="Arora et al. 2018: GD on deep linear nets follows the end-to-end update rule",
         claims=(
             Claim(
@@ -307,6 +308,7 @@ def plot_deep_init(config: Config, metrics: Metrics) -> dict[str, Any]:
 DEEP_INIT = register(
     Experiment(
         name="deep-init",
+        version=2,  # Ethanol now has all 2565 samples (batches 7 and 10 reconstructed)
         title="Arora et al. 2018: deep nets need identity init (linear residual nets)",
         claims=(
             Claim(

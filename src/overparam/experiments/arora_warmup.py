@@ -156,6 +156,7 @@ def plot_warmup(config: Config, m: Metrics) -> dict[str, Any]:
 SCALAR_WARMUP = register(
     Experiment(
         name="scalar-warmup",
+        version=2,  # Ethanol now has all 2565 samples (batches 7 and 10 reconstructed)
         title="Arora et al. 2018 (talk warm-up): w = w1 * omega2 is GD with adaptive rate + momentum",
         claims=(
             Claim(
