@@ -239,3 +239,19 @@ def test_tiny_run(tiny_run, tmp_path, monkeypatch):
     assert isinstance(claims["P1"]["measured"], dict)
     assert "training_loss.png" in {Path(f).name for f in summary["figures"]}
     assert claims["P2-mlp"]["note"].startswith("wall clock: ")
+
+
+def test_an_overflowed_gradient_stops_the_run_as_diverged():
+    """A finite loss with an infinite gradient (sqrt at 0) is a divergence, never an update."""
+    import types
+
+    from torch import nn
+
+    from overparam.experiments._wallclock_train import _timed_steps
+
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    task = types.SimpleNamespace(loss=lambda m, x, y: torch.sqrt(m.weight).sum())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    wall, cpu, each, diverged = _timed_steps(task, model, opt, lambda: (None, None), 3)
+    assert diverged and each == [] and float(model.weight) == 0.0

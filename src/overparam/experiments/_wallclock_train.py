@@ -41,7 +41,8 @@ def _timed_steps(
     task: Task, model: Any, opt: Any, draw: Any, count: int
 ) -> tuple[float, float, list[float], bool]:
     """Run ``count`` steps: their wall seconds, thread-CPU seconds, per-step wall, and whether the
-    minibatch loss became non-finite (the run then stops before that step's update)."""
+    minibatch loss or a gradient became non-finite (the run then stops before that step's update;
+    the gradient check is not timed)."""
     wall = cpu = 0.0
     each: list[float] = []
     model.train()
@@ -53,12 +54,22 @@ def _timed_steps(
         if not bool(torch.isfinite(loss)):
             return wall, cpu, each, True
         loss.backward()
+        c1, t1 = time.thread_time(), time.perf_counter()
+        if not _gradients_finite(model):
+            return wall, cpu, each, True
+        c2, t2 = time.thread_time(), time.perf_counter()
         opt.step()
-        dt = time.perf_counter() - t0
-        cpu += time.thread_time() - c0
+        dt = (t1 - t0) + (time.perf_counter() - t2)
+        cpu += (c1 - c0) + (time.thread_time() - c2)
         wall += dt
         each.append(dt)
     return wall, cpu, each, False
+
+
+def _gradients_finite(model: Any) -> bool:
+    """Whether every gradient is finite (a step from an overflowed gradient is a divergence)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None and p.grad.numel()]
+    return not grads or bool(torch.stack([g.abs().amax() for g in grads]).isfinite().all())
 
 
 def train_piece(
