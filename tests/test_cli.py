@@ -8,6 +8,8 @@ import time
 import warnings
 from pathlib import Path
 
+import pytest
+
 from overparam.cli import main
 from overparam.engine import Claim, Experiment, Verdict, register
 
@@ -147,7 +149,20 @@ def _cli_in_child(out):
     sys.exit(code)
 
 
-def test_sigint_keeps_finished_pieces_and_a_rerun_resumes(tmp_path):
+def _lines(path):
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    "sig, code, message",
+    [
+        (signal.SIGINT, 130, "overparam: interrupted; finished results are kept in "),
+        (signal.SIGTERM, 143, "overparam: terminated (SIGTERM); finished results are kept in "),
+    ],
+)
+def test_a_signal_is_one_line_keeps_finished_pieces_and_a_rerun_resumes(
+    tmp_path, sig, code, message
+):
     out = tmp_path / "out"
     out.mkdir()
     child = multiprocessing.get_context("fork").Process(target=_cli_in_child, args=(out,))
@@ -156,45 +171,19 @@ def test_sigint_keeps_finished_pieces_and_a_rerun_resumes(tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(_lines(computed)) < 3:
         time.sleep(0.02)
-    os.kill(child.pid, signal.SIGINT)
+    os.kill(child.pid, sig)
     child.join(timeout=60)
     stderr = (out / "stderr.txt").read_text()
-    assert child.exitcode == 130, stderr
+    assert child.exitcode == code, stderr
     assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
-    assert stderr.startswith("overparam: interrupted; finished results are kept in ")
+    assert stderr.startswith(message)
     rerun = multiprocessing.get_context("fork").Process(target=_cli_in_child, args=(out,))
     rerun.start()
     rerun.join(timeout=60)
     assert rerun.exitcode == 0, (out / "stderr.txt").read_text()
     pieces = _lines(computed)
     assert sorted(set(pieces)) == [str(k) for k in range(6)]
-    assert pieces.count("0") == 1 and pieces.count("1") == 1  # finished before the interrupt
-
-
-def _lines(path):
-    return path.read_text().split() if path.exists() else []
-
-
-def test_sigterm_is_one_line_with_exit_143_and_a_rerun_resumes(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    child = multiprocessing.get_context("fork").Process(target=_cli_in_child, args=(out,))
-    child.start()
-    computed = out / "computed.txt"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(_lines(computed)) < 2:
-        time.sleep(0.02)
-    os.kill(child.pid, signal.SIGTERM)
-    child.join(timeout=60)
-    stderr = (out / "stderr.txt").read_text()
-    assert child.exitcode == 143, stderr
-    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
-    assert stderr.startswith("overparam: terminated (SIGTERM); finished results are kept in ")
-    rerun = multiprocessing.get_context("fork").Process(target=_cli_in_child, args=(out,))
-    rerun.start()
-    rerun.join(timeout=60)
-    assert rerun.exitcode == 0, (out / "stderr.txt").read_text()
-    assert _lines(computed).count("0") == 1  # finished before SIGTERM: not recomputed
+    assert pieces.count("0") == 1 and pieces.count("1") == 1  # finished before the signal
 
 
 def test_out_that_is_a_file_names_the_option(tmp_path, capsys):
