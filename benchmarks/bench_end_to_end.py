@@ -46,14 +46,14 @@ def conditioned(m: int, n: int, cond: float, gen: torch.Generator) -> Tensor:
 
 def factorization_table(shapes: list[tuple[int, int]], repeats: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    conds = (1e1, 1e3, 1e5)
+    conds = (1e1, 3e1, 1e2, 1e3, 1e5)
     head = "".join(f" {'err cond ' + f'{c:.0e}':>14s}" for c in conds)
     print(f"{'shape':>12s} {'method':>6s} {'ms':>8s}{head}")
     for m, n in shapes:
         mats = [conditioned(m, n, c, gen) for c in conds]
         G = torch.randn(m, n, generator=gen, dtype=torch.float64)
         refs = [precondition(W, G, 2) for W in mats]
-        for method in ("svd", "qr", "gram"):
+        for method in ("svd", "qr", "gram", "auto"):
             W32 = mats[0].float()
             times = []
             for _ in range(repeats + 1):
@@ -113,6 +113,7 @@ def gap_table(ks: list[int], lrs: list[float]) -> None:
 
 def every_table(ks: list[int], repeats: int, steps: int) -> None:
     """The source's MNIST ConvNet at batch 64 (``bench_nn.py``'s model): EndToEndSGD step time
+    (with :meth:`EndToEndSGD.capture`)
     per ``precondition_every`` (mean over windows of ``k * ceil(20 / k)`` steps, so every window
     holds whole refresh periods; median of ``repeats`` round-robin windows) relative to SGD, and
     the gap to ``k = 1`` after ``steps`` steps."""
@@ -129,6 +130,7 @@ def every_table(ks: list[int], repeats: int, steps: int) -> None:
             rest = [p for p in net.parameters() if all(p is not w for w in linear)]
             groups = [{"params": linear}, {"params": rest, "depth": 1}]
             opt = EndToEndSGD(groups, lr=1e-3, depth=2, momentum=0.9, precondition_every=k)
+            opt.capture(net)
         window = max(k, 1) * -(-20 // max(k, 1))
 
         def run(net: nn.Module = net, opt: torch.optim.Optimizer = opt, n: int = window) -> None:

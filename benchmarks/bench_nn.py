@@ -13,15 +13,16 @@ untimed forward and backward pass precedes each sample):
 * ``sgd`` (momentum 0.9, the reference) and ``adamw``;
 * ``muon``: ``torch.optim.Muon`` on the 2-D hidden ``nn.Linear`` weights, AdamW on the rest;
 * ``over-sgd-N``: :func:`overparameterize` (``nn.Linear`` layers, depth ``N``, default widths)
-  trained with SGD; its ``MAC ratio`` is the multiply-add count of the orders the contraction
-  rule allows, from the layer shapes and the batch: per layer the cheaper of the product route
-  (``d_j d_{j-1} n`` per factor product, plus ``B n m``) and the chained route
-  (``B (n d_1 + ... + d_{N-1} m)``), backward counted as twice the forward on both sides;
+  trained with SGD; its ``MAC ratio`` is the multiply-add count of one training step in the
+  contraction order each layer chooses for this batch, over the original's
+  (:func:`layer_step_macs`: forward, weight gradients, and input gradients only where the
+  layer's input needs one, as autograd computes them);
 * ``e2e-exact`` / ``e2e-k``: the original model with :class:`EndToEndSGD` (depth 2 on the
-  ``nn.Linear`` weights, the others ``depth=1``), ``precondition_every=1`` and the default; its
-  ``MAC ratio`` adds the multiply-adds of applying the preconditioner
-  (:func:`overparam.core._cached.application_multiply_adds`) to the SGD step's, the floor of any
-  amortization (factorizations excluded).
+  ``nn.Linear`` weights, the others ``depth=1``) and :meth:`EndToEndSGD.capture`,
+  ``precondition_every=1`` and the default; ``e2e-k-dense`` the default without ``capture``
+  (the preconditioner applied to the dense gradient).  Their ``MAC ratio`` adds the
+  multiply-adds of applying the preconditioner (:func:`e2e_macs`) to the SGD step's: the floor
+  of any amortization (factorizations excluded).
 
 For the overparameterized ConvNet the last row is the inference time after :func:`collapse`
 (ratio to the original's).  Each model ends with the trajectory gap of the default
@@ -41,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from overparam.core._cached import application_multiply_adds
-from overparam.nn import collapse, factors_of, overparameterize
+from overparam.core._cached import application_multiply_adds, low_rank_multiply_adds
+from overparam.nn import collapse, overparameterize
+from overparam.nn._factorized import Factorized
 from overparam.optim import EndToEndSGD
 from overparam.optim._end_to_end_sgd import DEFAULT_PRECONDITION_EVERY
 
@@ -93,44 +95,54 @@ def build(name: str, gen: torch.Generator) -> tuple[nn.Module, Batch, Callable[.
     raise ValueError(f"unknown model {name!r}")
 
 
-def layer_positions(model: nn.Module, x: Tensor) -> dict[str, int]:
-    """Input positions ``B`` (batch x tokens, or batch x output pixels) of every Linear/Conv2d."""
-    seen: dict[str, int] = {}
+def layer_positions(model: nn.Module, x: Tensor) -> dict[str, tuple[int, bool]]:
+    """``(B, input needs a gradient)`` of every Linear/Conv2d: ``B`` its input positions (batch
+    x tokens, or batch x output pixels)."""
+    seen: dict[str, tuple[int, bool]] = {}
     hooks = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear):
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
             hooks.append(mod.register_forward_hook(
-                lambda m, i, o, name=name: seen.__setitem__(name, i[0].numel() // m.in_features)))  # fmt: skip
-        elif isinstance(mod, nn.Conv2d):
-            hooks.append(mod.register_forward_hook(
-                lambda m, i, o, name=name: seen.__setitem__(name, o.numel() // o.shape[1])))  # fmt: skip
-    with torch.no_grad():
-        model(x)
+                lambda m, i, o, name=name: seen.__setitem__(name, (
+                    i[0].numel() // m.in_features if isinstance(m, nn.Linear) else o.numel() // o.shape[1],
+                    i[0].requires_grad,
+                ))))  # fmt: skip
+    model(x)
     for h in hooks:
         h.remove()
     return seen
 
 
-def chosen_macs(factors: list[Tensor], positions: int) -> int:
-    """Forward multiply-adds of the cheaper contraction order of ``W_N ... W_1`` on ``B`` inputs."""
-    shapes = [(f.shape[0], f[0].numel()) for f in factors]  # (rows, cols) of each factor
-    m, n = shapes[-1][0], shapes[0][1]
-    product = sum(shapes[j][0] * shapes[j][1] * n for j in range(1, len(shapes)))
-    product += positions * n * m
-    chained = positions * sum(r * c for r, c in shapes)
-    return min(product, chained)
+def layer_step_macs(mod: nn.Module, positions: int, input_grad: bool) -> int:
+    """Multiply-adds of one training step (forward and backward) through one layer.
+
+    Plain: ``B m n`` forward, ``B m n`` for the weight gradient, ``B m n`` more for the input
+    gradient when the input needs one.  Overparameterized, in the order the layer chooses
+    (:meth:`Factorized.prefers_chain`): chained, every factor's forward, weight gradient and
+    input gradient (the first factor's only when the layer's input needs one); product, forming
+    ``W_N ... W_1`` (``F``) plus the plain layer's cost with the product, and ``2 F`` to
+    backpropagate through the formation.
+    """
+    f = mod._modules.get("weight_factors")
+    if not isinstance(f, Factorized):  # a plain layer
+        return positions * mod.weight.numel() * (3 if input_grad else 2)
+    dims = f.dims  # [n, d_1, ..., m]
+    pairs = [a * b for a, b in zip(dims[:-1], dims[1:], strict=True)]
+    if f.prefers_chain(positions):
+        first = pairs[0] if input_grad else 0
+        return f.groups * positions * (2 * sum(pairs) + sum(pairs[1:]) + first)
+    form = f.product_cost(positions) - f.groups * positions * dims[0] * dims[-1]
+    apply = f.groups * positions * dims[0] * dims[-1]
+    return 3 * form + apply * (3 if input_grad else 2)
 
 
-def step_macs(model: nn.Module, positions: dict[str, int], extra: int) -> int:
-    """Forward multiply-adds of ``model`` (each layer's chosen order when overparameterized)."""
-    total = extra
+def step_macs(model: nn.Module, positions: dict[str, tuple[int, bool]], extra: int) -> int:
+    """Multiply-adds of one training step of ``model`` (``extra``: the forward multiply-adds
+    outside Linear/Conv layers, counted three times: forward, and gradients for both inputs)."""
+    total = 3 * extra
     for name, mod in model.named_modules():
-        if name not in positions:
-            continue
-        try:
-            total += chosen_macs(factors_of(mod), positions[name])
-        except ValueError:  # a plain layer
-            total += positions[name] * mod.weight.numel()
+        if name in positions:
+            total += layer_step_macs(mod, *positions[name])
     return total
 
 
@@ -150,7 +162,10 @@ def optimizers(model: nn.Module, name: str, head: bool) -> Any:
     if name.startswith("e2e"):
         every = 1 if name == "e2e-exact" else DEFAULT_PRECONDITION_EVERY
         groups = [{"params": linear}, {"params": rest, "depth": 1}]
-        return EndToEndSGD(groups, lr=1e-3, depth=2, momentum=0.9, precondition_every=every)
+        opt = EndToEndSGD(groups, lr=1e-3, depth=2, momentum=0.9, precondition_every=every)
+        if not name.endswith("dense"):
+            opt.capture(model)
+        return opt
     return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
 
@@ -201,6 +216,7 @@ def e2e_run(
         [{"params": linear}, {"params": rest, "depth": 1}],
         lr=lr, depth=2, momentum=0.9, precondition_every=every,
     )  # fmt: skip
+    opt.capture(net)
     gen = torch.Generator().manual_seed(1)
     loss = torch.zeros(())
     for _ in range(steps):
@@ -223,7 +239,22 @@ def trajectory_gap(
     return float((amortized - exact).norm() / (exact - start).norm()), exact_loss, amortized_loss
 
 
-ROWS = ("sgd", "adamw", "muon", "over-sgd-2", "over-sgd-3", "e2e-exact", "e2e-k")
+ROWS = ("sgd", "adamw", "muon", "over-sgd-2", "over-sgd-3", "e2e-exact", "e2e-k", "e2e-k-dense")
+
+
+def e2e_macs(model: nn.Module, positions: dict[str, tuple[int, bool]], low_rank: bool) -> int:
+    """Multiply-adds of applying the depth-2 preconditioner to every ``nn.Linear`` weight: the
+    low-rank route where :meth:`EndToEndSGD.capture` takes it (``B`` rows at most the break-even
+    count), the dense one elsewhere."""
+    total = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            m, n = mod.weight.shape
+            dense = application_multiply_adds(m, n, 2)
+            rows = positions[name][0]
+            fits = low_rank and rows <= (dense - 1) // low_rank_multiply_adds(m, n, 1, 2)
+            total += low_rank_multiply_adds(m, n, rows, 2) if fits else dense
+    return total
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> None:
@@ -244,11 +275,10 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> No
             overparameterize(net, depth=int(row[-1]), modules=(nn.Linear,))
             macs[row] = step_macs(net, positions, extra) / plain
         if row.startswith("e2e"):
-            apply = sum(application_multiply_adds(w.shape[0], w[0].numel(), 2) for w in weights)
-            macs[row] = (3 * plain + apply) / (3 * plain)
+            macs[row] = (plain + e2e_macs(base, positions, not row.endswith("dense"))) / plain
         if row == "muon":
             hidden = weights[:-1] if head else weights
-            macs[row] = (3 * plain + muon_macs(hidden)) / (3 * plain)
+            macs[row] = (plain + muon_macs(hidden)) / plain
         opts = optimizers(net, row, head)
         opts = opts if isinstance(opts, list) else [opts]
 
@@ -276,7 +306,7 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> No
         macs["inference after collapse"] = 1.0
         ms["inference: original"] = infer["orig"]
     gap, exact_loss, amortized_loss = trajectory_gap(base, (x, y), loss_fn, args.gap_steps, 0.01)
-    print(f"\n{name}: forward MACs {plain / 1e6:.1f}M, default precondition_every {DEFAULT_PRECONDITION_EVERY}")  # fmt: skip
+    print(f"\n{name}: step MACs {plain / 1e6:.1f}M, default precondition_every {DEFAULT_PRECONDITION_EVERY}")  # fmt: skip
     print(f"{'row':26s} {'ms/step':>9s} {'ratio':>7s} {'MAC ratio':>10s}")
     for row, t in ms.items():
         if row == "inference: original":

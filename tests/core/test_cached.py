@@ -72,3 +72,26 @@ def test_floor_at_zero_and_far_below_the_spectrum(gen):
 def test_unknown_method():
     with pytest.raises(ValueError, match=r"`method` must be one of .*got 'lu'"):
         cached_factorization(torch.eye(3), "lu")
+
+
+def test_auto_takes_gram_only_where_it_is_accurate(gen):
+    """Wide matrices: ``"auto"`` is the Gram route up to condition number ``GRAM_CONDITION``
+    and QR beyond it (and at rank deficiency), matrix by matrix in a batch."""
+    from overparam.core._cached import GRAM_CONDITION
+
+    def wide(cond):
+        U = torch.linalg.qr(torch.randn(4, 4, generator=gen, dtype=torch.float64))[0]
+        V = torch.linalg.qr(torch.randn(12, 4, generator=gen, dtype=torch.float64))[0]
+        return (U * torch.tensor([1.0, 0.7, 0.5, 1.0 / cond], dtype=torch.float64)) @ V.mT
+
+    good, bad = wide(GRAM_CONDITION / 2), wide(GRAM_CONDITION * 2)
+    rank = good.clone()
+    rank[-1] = 0.0
+    for W, route in ((good, "gram"), (bad, "qr"), (rank, "qr")):
+        for a, b in zip(cached_factorization(W), cached_factorization(W, route), strict=True):
+            assert torch.equal(a, b)
+    stack = torch.stack([good, bad, good])
+    auto = cached_factorization(stack)
+    for k, route in enumerate(("gram", "qr", "gram")):
+        for a, b in zip(auto, cached_factorization(stack[k], route), strict=True):
+            assert torch.allclose(a[k], b, atol=1e-13, rtol=0)

@@ -144,6 +144,9 @@ class _Resumed:
         self.configs.append(config)
         return self.stored if key == "original" else compute()
 
+    def cached_all(self, pieces, desc=""):
+        return [self.cached(p.key, p.config, lambda p=p: p.compute(self)) for p in pieces]
+
     def progress(self, items, total=None, desc=""):
         return items
 

@@ -1,5 +1,6 @@
 """time-to-target: crossing times on constructed curves, tables, verdicts, models, a tiny run."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -45,6 +46,7 @@ TINY = {
     "mlp_lrs_adaptive": [1e-3],
     "charlm_lrs_sgd": [0.1],
     "charlm_lrs_adaptive": [3e-3],
+    "lr_extend": 1,
 }
 
 
@@ -239,6 +241,9 @@ def test_tiny_run(tiny_run, tmp_path, monkeypatch):
     assert isinstance(claims["P1"]["measured"], dict)
     assert "training_loss.png" in {Path(f).name for f in summary["figures"]}
     assert claims["P2-mlp"]["note"].startswith("wall clock: ")
+    metrics = json.loads((tmp_path / summary["directory"] / "metrics.json").read_text())
+    sgd = metrics["tasks"]["mlp"]["optimizers"]["sgd"]  # a 2-rate grid extends once
+    assert len(sgd["lrs"]) == 3 and sum(sgd["lr_extended"].values()) == 1
 
 
 def test_an_overflowed_gradient_stops_the_run_as_diverged():

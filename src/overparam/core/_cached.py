@@ -22,11 +22,15 @@ Factorizations (``method``), measured by ``benchmarks/bench_end_to_end.py``: ``"
 thin SVD), ``"qr"`` (QR of the long side, then an SVD of the ``r x r`` factor), ``"gram"``
 (``eigh`` of the small Gram matrix ``W W^T`` or ``W^T W``: cheapest, but it squares the
 condition number, so singular values below ``sqrt(max(m, n) eps_dtype) s_max`` are lost and
-taken as zero) and ``"auto"`` (``"svd"`` when the aspect ratio is at most 1.25, else ``"qr"``).
-Measured on a float32 512 x 3136 matrix, one thread: svd 241 ms, qr 130 ms, gram 66 ms; relative
-error of the depth-2 direction against float64: 1.4e-6 to 1.7e-6 for all three at condition
-number 10 and for svd/qr at 1e3, but 1.9e-2 for gram at 1e3.  ``"auto"`` therefore keeps the
-accurate routes; a refresh every ``k`` steps divides their cost by ``k``.
+taken as zero) and ``"auto"``: ``"svd"`` when the aspect ratio is at most 1.25, else ``"gram"``
+for every matrix whose condition number is at most ``GRAM_CONDITION = 30`` and ``"qr"`` for the
+others.  Measured on a float32 512 x 3136 matrix, one thread: svd 241 ms, qr 130 ms, gram 66 ms;
+relative error of the depth-2 direction against float64: 1.4e-6 to 1.7e-6 for all three at
+condition number 10 and for svd/qr at 1e3, but 1.9e-2 for gram at 1e3.  On 256 x 1568 (depths 2
+and 3) gram's error stays within 1.5x of qr's (1.1e-6 to 1.8e-6) up to condition number 30 and
+jumps to 9e-3 at 100, where singular values fall below its resolution: hence the threshold
+(``benchmarks/bench_end_to_end.py`` prints the table).  A refresh every ``k`` steps divides the
+cost by ``k``.
 
 Reference: Arora, Cohen & Hazan, "On the optimization of deep networks: implicit acceleration
 by overparameterization", ICML 2018, Theorem 1; Vyas et al., "SOAP: Improving and Stabilizing
@@ -42,6 +46,7 @@ from overparam.core.precondition import precondition_coefficients
 
 Factorization = tuple[Tensor, Tensor, Tensor]
 METHODS = ("auto", "svd", "qr", "gram")
+GRAM_CONDITION = 30.0  # "auto" keeps "gram" up to this condition number (see the module docstring)
 
 
 def cached_factorization(W: Tensor, method: str = "auto") -> Factorization:
@@ -66,7 +71,9 @@ def cached_factorization(W: Tensor, method: str = "auto") -> Factorization:
         V, s, U = cached_factorization(W.mT, method)
         return U, s, V
     if method == "auto":
-        method = "svd" if 4 * n <= 5 * m else "qr"
+        if 4 * n > 5 * m:
+            return _checked_gram(W)
+        method = "svd"
     eps = torch.finfo(W.dtype).eps
     if method == "svd":
         U, s, Vh = torch.linalg.svd(W, full_matrices=False)
@@ -84,6 +91,21 @@ def cached_factorization(W: Tensor, method: str = "auto") -> Factorization:
         return U, s, (W.mT @ U) * inv.unsqueeze(-2)
     tol = n * eps * s[..., :1]
     return U, torch.where(s > tol, s, torch.zeros_like(s)), V
+
+
+def _checked_gram(W: Tensor) -> Factorization:
+    """``"gram"`` for every matrix whose singular values all lie within ``GRAM_CONDITION`` of the
+    largest (full rank), ``"qr"`` for the others (``m <= n``)."""
+    U, s, V = cached_factorization(W, "gram")
+    good = (s[..., -1] > 0) & (GRAM_CONDITION * s[..., -1] >= s[..., 0])
+    if bool(good.all()):
+        return U, s, V
+    if W.dim() == 2:
+        return cached_factorization(W, "qr")
+    redo = ~good
+    U, s, V = U.clone(), s.clone(), V.clone()
+    U[redo], s[redo], V[redo] = cached_factorization(W[redo], "qr")
+    return U, s, V
 
 
 def precondition_cached(
@@ -137,3 +159,55 @@ def application_multiply_adds(m: int, n: int, depth: float) -> int:
     if float(depth) == 2.0:
         return 3 * r * r * k + r**3
     return 4 * r * r * k if k <= 3 * r else 3 * r * r * k + 3 * r**3
+
+
+def precondition_low_rank(
+    U: Tensor, s: Tensor, V: Tensor, left: Tensor, right: Tensor, depth: int, eps: float = 0.0
+) -> Tensor:
+    """``A_{N,W}(G)`` for a gradient given as the product ``G = left^T right`` (integer ``N``).
+
+    A layer's weight gradient over ``B`` input rows is ``G = Delta^T X`` (``Delta`` the output
+    gradients, ``X`` the inputs: rank at most ``B``).  Term by term,
+
+        A_{N,W}(G) = sum_j P_j Delta^T X Q_j = L^T R,
+        L = [Delta P_1; ...; Delta P_N],   R = [X Q_1; ...; X Q_N],
+
+    with ``P_j = (W W^T)^((N-j)/N)`` and ``Q_j = (W^T W)^((j-1)/N)`` for the floored ``W`` of
+    :func:`precondition_cached` (singular values ``max(s, eps)``, null directions ``eps``):
+    ``X Q = (X V) diag(max(s, eps)^q - eps^q) V^T + eps^q X``.  Cost ``N B (r (m + n) + m n)``
+    multiply-adds (:func:`low_rank_multiply_adds`) instead of :func:`application_multiply_adds`
+    on the dense ``G``: far less when ``B`` is small against ``m`` and ``n``.
+
+    Args:
+        U, s, V: the factorization (:func:`cached_factorization`), ``(..., m, r)``, ``(..., r)``,
+            ``(..., n, r)``.
+        left: ``Delta``, ``(..., B, m)``.
+        right: ``X``, ``(..., B, n)``.
+        depth: integer ``N >= 1``.
+        eps: the floor on the singular values (``>= 0``).
+
+    Returns:
+        The direction, ``(..., m, n)``: :func:`precondition_cached` of ``left^T right``.
+    """
+    n = int(depth)
+    s = s.clamp_min(eps)
+    left_basis, right_basis = left @ U, right @ V
+    lefts = [_power_rows(left, left_basis, U, s, eps, 2.0 * (n - j) / n) for j in range(1, n + 1)]
+    rights = [
+        _power_rows(right, right_basis, V, s, eps, 2.0 * (j - 1) / n) for j in range(1, n + 1)
+    ]
+    return torch.cat(lefts, dim=-2).mT @ torch.cat(rights, dim=-2)
+
+
+def _power_rows(X: Tensor, XV: Tensor, V: Tensor, s: Tensor, eps: float, power: float) -> Tensor:
+    """``X (V diag(s^p) V^T + eps^p (I - V V^T))`` from ``XV = X V`` (``p = 0``: ``X``)."""
+    if power == 0.0:
+        return X
+    floor = eps**power
+    out = (XV * (s.pow(power) - floor).unsqueeze(-2)) @ V.mT
+    return out + floor * X if floor != 0.0 else out
+
+
+def low_rank_multiply_adds(m: int, n: int, rows: int, depth: int) -> int:
+    """Multiply-adds of one :func:`precondition_low_rank` call (``rows`` = ``B``)."""
+    return int(depth) * rows * (min(m, n) * (m + n) + m * n)

@@ -3,6 +3,7 @@
 from overparam.engine.environment import environment
 from overparam.engine.experiment import Claim, Config, Experiment, Metrics, RunContext, Verdict
 from overparam.engine.html_report import write_report
+from overparam.engine.pieces import Piece
 from overparam.engine.registry import experiments, get, register
 from overparam.engine.results import StoredRun, stored_runs
 from overparam.engine.runner import run_experiment
@@ -13,6 +14,7 @@ __all__ = [
     "Config",
     "Experiment",
     "Metrics",
+    "Piece",
     "RunContext",
     "StoredRun",
     "Verdict",

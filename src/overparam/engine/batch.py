@@ -3,11 +3,14 @@
 Serially each run is :func:`overparam.engine.runner.run_experiment`.  With a Dask client the runs
 not in the store are computed on the cluster (:mod:`overparam.engine.distributed`) while the client
 writes the store, the run directories and the figures exactly as the serial path does, so both give
-the same files and the same metrics.
+the same files and the same metrics.  On a cluster the runs start longest first, by the seconds each
+run directory's ``run.json`` recorded last time (:func:`longest_first`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -90,7 +93,7 @@ def _run_on_cluster(
 ) -> None:
     from overparam.engine.distributed import Job, run_jobs
 
-    jobs, store = [], None
+    jobs, estimates, store = [], [], None
     for outcome in outcomes:
         r = outcome.request
         try:
@@ -108,8 +111,10 @@ def _run_on_cluster(
         jobs.append(
             Job(plan.experiment, plan.kind, plan.config, *_callbacks(outcome, plan, plots, report))
         )
+        estimates.append(recorded_seconds(plan.directory))
     if not jobs or store is None:
         return
+    jobs = [jobs[i] for i in longest_first(estimates)]  # submitted (and started) in this order
     bar = tqdm(
         total=len(jobs),
         desc="runs and pieces",
@@ -121,6 +126,29 @@ def _run_on_cluster(
         run_jobs(client, store, jobs, force, bar)
     finally:
         bar.close()
+
+
+def recorded_seconds(directory: Path) -> float | None:
+    """The wall-clock seconds of the run that computed the metrics in ``directory/run.json``
+    (its ``computed.seconds``), or None when there is no such record."""
+    try:
+        record = json.loads((directory / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    computed = record.get("computed") if isinstance(record, dict) else None
+    seconds = computed.get("seconds") if isinstance(computed, dict) else None
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    return float(seconds) if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def longest_first(estimates: Sequence[float | None]) -> list[int]:
+    """The order to start runs in on a cluster: those never timed first (their length is unknown),
+    in the given order, then the timed ones longest first (ties in the given order), so that a long
+    run does not start last and leave the other workers idle at the end."""
+    unknown = [i for i, s in enumerate(estimates) if s is None]
+    timed = [i for i, s in enumerate(estimates) if s is not None]
+    return unknown + sorted(timed, key=lambda i: -(estimates[i] or 0.0))
 
 
 def _callbacks(

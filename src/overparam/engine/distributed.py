@@ -1,9 +1,11 @@
 """Run experiments on a Dask cluster: a ``LocalCluster`` of worker processes or a scheduler address.
 
-The unit of work is an experiment and, inside it, every piece it declares through its run context
-(``ctx.map`` items and ``ctx.cached`` sub-results).  Each experiment's ``run`` executes on a worker
-with a :class:`RemoteContext`; its ``ctx.map`` pieces are submitted to the cluster from there (the
-worker task secedes while it waits, so the pieces spread over every worker).  Every finished piece is
+The unit of work is an experiment and, inside it, every independent piece it declares through its
+run context (``ctx.cached_all`` pieces and ``ctx.map`` items).  Each experiment's ``run`` executes on
+a worker with a :class:`RemoteContext`; its independent pieces are submitted to the cluster from
+there (the worker task secedes while it waits, so the pieces spread over every worker), each with a
+:class:`RemoteContext` of its own whose log lines and nested ``ctx.cached`` results also reach the
+client.  A ``ctx.cached`` sub-result runs inside the task that asks for it.  Every finished piece is
 sent back to the client through a Dask queue, and the client alone writes the SQLite store, piece by
 piece: an interrupted run keeps every finished piece and a rerun resumes from them.
 
@@ -25,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from overparam._threads import intra_op_threads
-from overparam.engine.experiment import Experiment, Metrics
-from overparam.engine.pieces import piece_config
+from overparam.engine.experiment import Experiment, Metrics, RunContext
+from overparam.engine.pieces import Piece, item_pieces
 from overparam.engine.store import Store, config_hash, to_jsonable
 
 T = TypeVar("T")
@@ -112,7 +114,7 @@ class RemoteContext:
         from distributed import Queue
 
         self.name, self.known, self.force, self.threads = name, dict(known), force, threads
-        self.queue = Queue(queue_name)
+        self.queue_name, self.queue = queue_name, Queue(queue_name)
 
     def _lookup(self, kind: str, config: Mapping[str, Any]) -> Any | None:
         return None if self.force else self.known.get(config_hash(kind, config))
@@ -138,6 +140,7 @@ class RemoteContext:
         found = self._lookup(kind, config)
         if found is not None:
             return found
+        self._send(_Message("expect", count=1))
         start = time.perf_counter()
         clean = to_jsonable(compute())
         self._send(_Message("piece", kind, to_jsonable(config), clean, time.perf_counter() - start))
@@ -151,20 +154,32 @@ class RemoteContext:
         config: Mapping[str, Any],
         desc: str = "",
     ) -> list[Metrics]:
+        return self.cached_all(item_pieces(key, function, items, config), desc=desc or key)
+
+    def cached_all(self, pieces: Sequence[Piece], desc: str = "") -> list[Metrics]:
+        """The stored pieces from ``known``; every missing one a task of its own (with a
+        :class:`RemoteContext` of its worker), sent to the client as it finishes."""
         from distributed import as_completed, worker_client
 
-        kind = f"{self.name}/{key}"
-        configs = [piece_config(config, item) for item in items]
-        results: list[Any] = [self._lookup(kind, c) for c in configs]
+        kinds = [f"{self.name}/{p.key}" for p in pieces]
+        results: list[Any] = [self._lookup(k, p.config) for k, p in zip(kinds, pieces, strict=True)]
         todo = [i for i, r in enumerate(results) if r is None]
         if not todo:
             return results
         self._send(_Message("expect", count=len(todo)))
+        scope = _Scope(self.name, self.queue_name, self.force, self.threads)
         errors = []
         with worker_client() as client:
+            [known] = client.scatter([self.known], hash=False)
             futures = {
                 client.submit(
-                    _compute_piece, function, items[i], self.threads, pure=False, retries=RETRIES
+                    _compute_piece,
+                    pieces[i].compute,
+                    scope,
+                    known,
+                    pure=False,
+                    retries=RETRIES,
+                    key=f"piece-{self.name}-{pieces[i].key}-{uuid.uuid4().hex[:8]}",
                 ): i
                 for i in todo
             }
@@ -173,11 +188,12 @@ class RemoteContext:
                 try:
                     clean, seconds, texts = future.result()
                 except Exception as error:  # the others still finish and are kept
-                    errors.append(f"{key}[{items[i]!r}]: {type(error).__name__}: {error}")
+                    errors.append(f"{pieces[i].name}: {type(error).__name__}: {error}")
                     continue
                 self.warn(texts)
                 results[i] = clean
-                self._send(_Message("piece", kind, to_jsonable(configs[i]), clean, seconds))
+                config = to_jsonable(pieces[i].config)
+                self._send(_Message("piece", kinds[i], config, clean, seconds))
         if errors:
             raise RuntimeError(
                 f"{len(errors)} piece(s) of {self.name} failed: " + "; ".join(errors)
@@ -185,13 +201,25 @@ class RemoteContext:
         return results
 
 
+@dataclass(frozen=True)
+class _Scope:
+    """What a piece's task needs to build the :class:`RemoteContext` of its worker."""
+
+    name: str
+    queue_name: str
+    force: bool
+    threads: int | None
+
+
 def _compute_piece(
-    function: Callable[[Any], Metrics], item: Any, threads: int | None
+    compute: Callable[[RunContext], Metrics], scope: _Scope, known: Mapping[str, Any]
 ) -> tuple[Any, float, list[str]]:
+    """Executed on a worker: one piece, its log lines and nested pieces sent to the client."""
+    context = RemoteContext(scope.name, known, scope.queue_name, scope.force, scope.threads)
     start = time.perf_counter()
-    with intra_op_threads(threads), warnings.catch_warnings(record=True) as caught:
+    with intra_op_threads(scope.threads), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        clean = to_jsonable(function(item))
+        clean = to_jsonable(compute(context))
     return clean, time.perf_counter() - start, _texts(caught)
 
 

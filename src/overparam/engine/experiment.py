@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from overparam.engine.overrides import check_bounds
+from overparam.engine.pieces import Piece
 
 T = TypeVar("T")
 Config = dict[str, Any]
@@ -51,6 +52,18 @@ class RunContext(Protocol):
         """Return ``compute()`` stored under (key, config); a rerun or resumed run reuses it."""
         ...
 
+    def cached_all(self, pieces: Sequence[Piece], desc: str = "") -> list[Metrics]:
+        """``[ctx.cached(p.key, p.config, lambda: p.compute(ctx)) for p in pieces]``, the pieces
+        independent of each other: on a cluster each missing one runs as its own task.
+
+        Each result is stored as it finishes (under the same kind and config as ``cached``) and
+        comes back JSON-converted.  Serially the pieces run in order and the first failure stops
+        the run; on a cluster a failing piece (after its retries) is reported once the others
+        have finished and been stored.  ``desc``: a progress bar over the pieces (none when
+        empty).  See :class:`overparam.engine.pieces.Piece`.
+        """
+        ...
+
     def map(
         self,
         key: str,
@@ -59,7 +72,8 @@ class RunContext(Protocol):
         config: Mapping[str, Any],
         desc: str = "",
     ) -> list[Metrics]:
-        """``[function(item) for item in items]``, each item an independent, cached piece.
+        """``[function(item) for item in items]``, each item an independent, cached piece
+        (:func:`overparam.engine.pieces.item_pieces` through ``cached_all``).
 
         ``function`` must be a module-level function (or a ``functools.partial`` of one) of the
         item alone: on a cluster each piece runs as its own task.  Each result is stored under

@@ -28,7 +28,7 @@ from overparam.engine.experiment import Config, Experiment, Metrics, Verdict
 from overparam.engine.files import atomic_path, write_json
 from overparam.engine.locking import key_lock
 from overparam.engine.overrides import check_overrides, parse_value
-from overparam.engine.pieces import piece_config
+from overparam.engine.pieces import Piece, item_pieces
 from overparam.engine.registry import get
 from overparam.engine.store import Store, config_hash, to_jsonable
 
@@ -71,10 +71,11 @@ class Context:
         config: Mapping[str, Any],
         desc: str = "",
     ) -> list[Metrics]:
-        return [
-            self.cached(key, piece_config(config, item), functools.partial(function, item))
-            for item in self.progress(items, total=len(items), desc=desc or key)
-        ]
+        return self.cached_all(item_pieces(key, function, items, config), desc=desc or key)
+
+    def cached_all(self, pieces: Sequence[Piece], desc: str = "") -> list[Metrics]:
+        shown = self.progress(pieces, total=len(pieces), desc=desc) if desc else iter(pieces)
+        return [self.cached(p.key, p.config, functools.partial(p.compute, self)) for p in shown]
 
     def log(self, message: str) -> None:
         if not self.quiet:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from overparam.datasets.gas_sensor import BATCHES, gas_sensor_batches, standardize_columns
-from overparam.engine import Config, RunContext
+from overparam.engine import Config, Piece, RunContext
 from overparam.engine.steps import log_steps
 from overparam.models.deep_linear import initial_factors
 from overparam.training import lp_optimum, stack_configs, train
@@ -143,9 +143,10 @@ def _train_cells(
     return record, res.loss, res.diverged_step, res.seconds
 
 
-def grid_run(ctx: RunContext, group: str, p: float, cells: list[dict[str, Any]],
-             seeds: list[int], config: Config) -> dict[str, Any]:  # fmt: skip
-    """Every cell x seed x rate on data ``group`` (one cached piece); per cell its selected rate."""
+def grid_piece(group: str, p: float, cells: list[dict[str, Any]], seeds: list[int],
+               config: Config) -> Piece:  # fmt: skip
+    """Every cell x seed x rate on data ``group`` as one independent cached piece (key
+    ``"grid"``); its result has per cell the selected rate."""
     key = {
         "group": group,
         "p": p,
@@ -156,28 +157,31 @@ def grid_run(ctx: RunContext, group: str, p: float, cells: list[dict[str, Any]],
         "scale": config["scale"],
         "init": "near_zero",
     }
-
-    def compute() -> dict[str, Any]:
-        X, Y, info = group_data(group)
-        star = optimum(ctx, X, Y, p)
-        record, loss, div, seconds = _train_cells(X, Y, p, cells, seeds, config, ctx.progress)
-        out: dict[str, Any] = {"L*": star, **info, "steps": record, "seconds": seconds, "cells": {}}
-        rows = 0
-        for cell in cells:
-            k = len(seeds) * len(cell["rates"])
-            gaps = loss[rows : rows + k] - star
-            out["cells"][cell["name"]] = _cell_result(cell, gaps, div[rows : rows + k], seeds)
-            rows += k
-        ctx.log(f"{group} p={p}: {X.shape[0]} samples, {out['seconds']:.1f}s")
-        return out
-
-    return ctx.cached("grid", key, compute)
+    compute = functools.partial(_grid_compute, group, p, cells, seeds, config)
+    return Piece("grid", key, compute, f"grid {group} p={p}")
 
 
-def seeded_run(ctx: RunContext, group: str, p: float, cells: list[dict[str, Any]],
-               seeds: list[int], config: Config) -> dict[str, Any]:  # fmt: skip
-    """As :func:`grid_run`, with one cached piece per seed (raw ``L - L*`` curves of every rate),
-    so an interrupted run keeps its finished seeds; the seeds are then merged into one result."""
+def _grid_compute(group: str, p: float, cells: list[dict[str, Any]], seeds: list[int],
+                  config: Config, ctx: RunContext) -> dict[str, Any]:  # fmt: skip
+    X, Y, info = group_data(group)
+    star = optimum(ctx, X, Y, p)
+    record, loss, div, seconds = _train_cells(X, Y, p, cells, seeds, config, ctx.progress)
+    out: dict[str, Any] = {"L*": star, **info, "steps": record, "seconds": seconds, "cells": {}}
+    rows = 0
+    for cell in cells:
+        k = len(seeds) * len(cell["rates"])
+        gaps = loss[rows : rows + k] - star
+        out["cells"][cell["name"]] = _cell_result(cell, gaps, div[rows : rows + k], seeds)
+        rows += k
+    ctx.log(f"{group} p={p}: {X.shape[0]} samples, {out['seconds']:.1f}s")
+    return out
+
+
+def seed_pieces(group: str, p: float, cells: list[dict[str, Any]], seeds: list[int],
+                config: Config) -> list[Piece]:  # fmt: skip
+    """As :func:`grid_piece`, one independent cached piece per seed (key ``"seed"``, the raw
+    ``L - L*`` curves of every rate), so that an interrupted run keeps its finished seeds and a
+    cluster trains the seeds in parallel; :func:`merge_seeds` makes them one result."""
     key = {
         "group": group,
         "p": p,
@@ -187,22 +191,31 @@ def seeded_run(ctx: RunContext, group: str, p: float, cells: list[dict[str, Any]
         "scale": config["scale"],
         "init": "near_zero",
     }
+    return [Piece("seed", {**key, "seed": s},
+                  functools.partial(_seed_compute, group, p, cells, s, config),
+                  f"seed {s} of {group} p={p}") for s in seeds]  # fmt: skip
 
-    def compute(seed: int) -> dict[str, Any]:
-        X, Y, info = group_data(group)
-        star = optimum(ctx, X, Y, p)
-        record, loss, div, seconds = _train_cells(X, Y, p, cells, [seed], config, ctx.progress)
-        out: dict[str, Any] = {"L*": star, **info, "steps": record, "seconds": seconds, "cells": {}}
-        rows = 0
-        for cell in cells:
-            k = len(cell["rates"])
-            out["cells"][cell["name"]] = {"gap": (loss[rows : rows + k] - star).tolist(),
-                                          "diverged_step": div[rows : rows + k]}  # fmt: skip
-            rows += k
-        ctx.log(f"{group} p={p} seed {seed}: {X.shape[0]} samples, {seconds:.1f}s")
-        return out
 
-    pieces = [ctx.cached("seed", {**key, "seed": s}, functools.partial(compute, s)) for s in seeds]
+def _seed_compute(group: str, p: float, cells: list[dict[str, Any]], seed: int, config: Config,
+                  ctx: RunContext) -> dict[str, Any]:  # fmt: skip
+    X, Y, info = group_data(group)
+    star = optimum(ctx, X, Y, p)
+    record, loss, div, seconds = _train_cells(X, Y, p, cells, [seed], config, ctx.progress)
+    out: dict[str, Any] = {"L*": star, **info, "steps": record, "seconds": seconds, "cells": {}}
+    rows = 0
+    for cell in cells:
+        k = len(cell["rates"])
+        out["cells"][cell["name"]] = {"gap": (loss[rows : rows + k] - star).tolist(),
+                                      "diverged_step": div[rows : rows + k]}  # fmt: skip
+        rows += k
+    ctx.log(f"{group} p={p} seed {seed}: {X.shape[0]} samples, {seconds:.1f}s")
+    return out
+
+
+def merge_seeds(pieces: list[dict[str, Any]], cells: list[dict[str, Any]],
+                seeds: list[int]) -> dict[str, Any]:  # fmt: skip
+    """The per-seed results of :func:`seed_pieces` (in seed order) as one :func:`grid_piece`-like
+    result: per cell the selected rate and its curve's spread."""
     first = pieces[0]
     merged: dict[str, Any] = {k: first[k] for k in ("L*", "samples", "batches",
                                                     "reconstructed_batches", "steps")}  # fmt: skip

@@ -9,7 +9,7 @@ target is interpolated linearly between the two checkpoints that bracket the cro
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,54 @@ def choose_lr(grid: dict[str, Any]) -> str | None:
     """The learning rate (a key of ``grid``) whose run has the lowest final loss; None if all diverged."""
     finite = {lr: run["final_loss"] for lr, run in grid.items() if run["final_loss"] is not None}
     return min(finite, key=lambda lr: finite[lr]) if finite else None
+
+
+def _rounded(lr: float) -> float:
+    """``lr`` to 3 significant digits (an extended rate keeps a short, stable cache key)."""
+    return float(f"{lr:.3g}")
+
+
+def search_lr(
+    grid: Sequence[float], run: Callable[[float], dict[str, Any]], extend: int
+) -> tuple[dict[str, Any], list[float], dict[str, int]]:
+    """The runs of a learning-rate grid that extends itself while its best rate is at an edge.
+
+    ``run(lr)`` is a run's metrics (``final_loss`` None when diverged).  After the grid's runs,
+    while the best rate (:func:`choose_lr`) is the smallest of the grid, the rate
+    ``lr_min * lr_min / lr_second`` (the grid's spacing at that edge, to 3 significant digits)
+    is added and run, at most ``extend`` times; the same upwards with
+    ``lr_max * lr_max / lr_second_largest``.  When every rate diverged the grid extends
+    downwards.  A grid of one rate has no spacing and is not extended.
+
+    Returns:
+        ``({f"{lr:g}": run}, the final grid (sorted), {"down": added, "up": added})``.
+    """
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise ValueError(f"`lr_extend` must be an integer >= 0, got {extend!r}")
+    lrs = sorted({float(lr) for lr in grid})
+    pieces = {f"{lr:g}": run(lr) for lr in lrs}
+    added = {"down": 0, "up": 0}
+    if len(lrs) < 2:
+        return pieces, lrs, added
+    factor = {"down": lrs[0] / lrs[1], "up": lrs[-1] / lrs[-2]}
+    while True:
+        chosen = choose_lr(pieces)
+        side = "down" if chosen in (None, f"{lrs[0]:g}") else None
+        side = "up" if chosen == f"{lrs[-1]:g}" else side
+        if side is None or added[side] >= extend:
+            return pieces, lrs, added
+        edge = lrs[0] if side == "down" else lrs[-1]
+        new = _rounded(edge * factor[side])
+        if f"{new:g}" in pieces:  # a spacing too fine for 3 digits: nothing new to try
+            return pieces, lrs, added
+        pieces[f"{new:g}"] = run(new)
+        lrs = sorted([*lrs, new])
+        added[side] += 1
+
+
+def at_edge(lr: float | None, lrs: Sequence[float]) -> bool:
+    """Whether the chosen ``lr`` is the smallest or largest of a grid of more than 2 rates."""
+    return lr is not None and len(lrs) > 2 and lr in (min(lrs), max(lrs))
 
 
 def median_or_none(values: Sequence[float | None]) -> float | None:
@@ -84,6 +132,7 @@ def row(
     return {
         "lr": entry["lr"],
         "lr_at_grid_edge": entry["lr_at_grid_edge"],
+        "lr_grid": entry.get("lrs"),
         "seeds": len(runs),
         "reached": got["reached"],
         "seconds_to_target": got["median_seconds"],
@@ -156,7 +205,8 @@ def _final(row: dict[str, Any]) -> str:
 def markdown(metrics: dict[str, Any]) -> str:
     """The per-optimizer table of every task (Markdown), from stored metrics.
 
-    Columns: learning rate, seeds reaching the SGD baseline's final loss, median wall-clock and
+    Columns: learning rate (marked "grid edge" where it is still the smallest or largest rate
+    of its grid after the grid's extension), seeds reaching the SGD baseline's final loss, median wall-clock and
     thread-CPU seconds and steps to it, mean final training loss (and its cross-entropy part
     where the objective has an L2 term), mean test accuracy (validation
     loss for the text task), median wall-clock and mean CPU step time, the wall step time's ratio
@@ -175,8 +225,9 @@ def markdown(metrics: dict[str, Any]) -> str:
                 lines.append(f"| {task} | {name} | | {why} | | | | | | | | |")
                 continue
             held = r.get("test_accuracy", r.get("valid_loss"))
+            edge = " (grid edge)" if r["lr_at_grid_edge"] else ""
             lines.append(
-                f"| {task} | {name} | {r['lr']:g} | {r['reached']}/{r['seeds']} "
+                f"| {task} | {name} | {r['lr']:g}{edge} | {r['reached']}/{r['seeds']} "
                 f"| {_cell(r['seconds_to_target'])} | {_cell(r['cpu_seconds_to_target'])} "
                 f"| {_cell(r['steps_to_target'], '.0f')} | {_final(r)} "
                 f"| {_cell(held, '.4g')} | {r['step_ms']:.3g} | {r['cpu_step_ms']:.3g} "

@@ -86,7 +86,11 @@ def _scale(config: Config, task: str, rows: dict[str, Any]) -> str:
     load = max(max(r["load"]) for r in rows.values())
     text += f"; highest 1-minute load average during the runs {load:.2g}"
     if edges:
-        text += f"; learning rate at the edge of its grid for {', '.join(edges)}"
+        grown = config["lr_extend"]
+        text += (
+            f"; learning rate still at the edge of its grid (extended up to {grown} time(s) "
+            f"each way) for {', '.join(edges)}"
+        )
     return text
 
 

@@ -32,7 +32,13 @@ import math
 from typing import Any
 
 from overparam.engine import Claim, Config, Experiment, Metrics, RunContext, Verdict, register
-from overparam.experiments._ethanol_grid import below, checkpoint_spread, edge_cells, seeded_run
+from overparam.experiments._ethanol_grid import (
+    below,
+    checkpoint_spread,
+    edge_cells,
+    merge_seeds,
+    seed_pieces,
+)
 from overparam.experiments.arora_ethanol import data_note, draw_cell
 from overparam.training.optimizers import DEFAULTS, TF1_DEFAULTS
 
@@ -53,10 +59,16 @@ def method_cells(config: Config) -> list[dict[str, Any]]:
 
 
 def run_vs_adaptive(config: Config, ctx: RunContext) -> Metrics:
-    """Every method x rate on each data group, one cached piece per seed (merged after)."""
+    """Every method x rate on each data group, one independent cached piece per group and seed
+    (on a cluster, each a task of its own), merged per group."""
     seeds = [int(s) for s in config["seeds"]]
     cells = method_cells(config)
-    return {"runs": {g: seeded_run(ctx, g, 4.0, cells, seeds, config) for g in config["data"]}}
+    groups = list(config["data"])
+    pieces = [piece for g in groups for piece in seed_pieces(g, 4.0, cells, seeds, config)]
+    results = ctx.cached_all(pieces)
+    n = len(seeds)
+    return {"runs": {g: merge_seeds(results[k * n : (k + 1) * n], cells, seeds)
+                     for k, g in enumerate(groups)}}  # fmt: skip
 
 
 def _checks(run: dict[str, Any], suffix: str) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from overparam.experiments._ethanol_grid import (
     checkpoint_spread,
     edge_cells,
     final_median,
-    grid_run,
+    grid_piece,
     optimum,
     spread,
 )
@@ -102,23 +102,24 @@ def depth_cells(config: Config, loss: str, group: str | None = None) -> list[dic
 
 # ---------------------------------------------------------------- lp-depth (A8)
 def run_lp_depth(config: Config, ctx: RunContext) -> Metrics:
-    """Each data group x p as one cached grid piece; then the l4 data-sensitivity groups."""
+    """Each data group x p as one independent cached grid piece, and each l4 data-sensitivity
+    group (on a cluster, every piece a task of its own)."""
     seeds = [int(s) for s in config["seeds"]]
-    runs = {
-        group: {f"l{int(p)}": grid_run(ctx, group, float(p),
-                                       depth_cells(config, f"l{int(p)}", group), seeds, config)
-                 for p in config["ps"]}
-        for group in config["data"]
-    }  # fmt: skip
+    runs = [(group, f"l{int(p)}", grid_piece(group, float(p),
+                                             depth_cells(config, f"l{int(p)}", group), seeds, config))
+            for group in config["data"] for p in config["ps"]]  # fmt: skip
     sens_config = {**config, "steps": int(config["sensitivity_steps"]),
                    "lrs": {"l4": config["sensitivity_lrs"]}}  # fmt: skip
     sens_seeds = [int(s) for s in config["sensitivity_seeds"]]
-    sensitivity = {
-        group: grid_run(ctx, group, 4.0, depth_cells(sens_config, "l4", group), sens_seeds,
-                        sens_config)
-        for group in config["sensitivity"]
-    }  # fmt: skip
-    return {"runs": runs, "sensitivity": sensitivity}
+    sens = [(group, grid_piece(group, 4.0, depth_cells(sens_config, "l4", group), sens_seeds,
+                               sens_config)) for group in config["sensitivity"]]  # fmt: skip
+    results = ctx.cached_all([piece for *_, piece in runs] + [piece for _, piece in sens])
+    out: Metrics = {"runs": {group: {} for group in config["data"]}, "sensitivity": {}}
+    for (group, loss, _), result in zip(runs, results[: len(runs)], strict=True):
+        out["runs"][group][loss] = result
+    for (group, _), result in zip(sens, results[len(runs) :], strict=True):
+        out["sensitivity"][group] = result
+    return out
 
 
 def _depth_checks(curves: dict[str, Any], steps: int) -> dict[str, Any]:

@@ -25,7 +25,9 @@ Variants, all from one draw of the original network's weights and one dropout se
 * ``end_to_end``: the original with :class:`overparam.optim.EndToEndSGD` (depth 2 on the dense
   weights, the exact rule: ``precondition_every=1, eps=0``; plain momentum SGD elsewhere).
 
-Each variant is a cached sub-result (``ctx.cached``): an interrupted run keeps finished variants.
+Each variant is an independent cached sub-result (``ctx.cached_all``; on a Dask cluster each variant
+is a task of its own, which loads the data where it runs): an interrupted run keeps finished
+variants.
 ``variants`` (the list run, in that order) is not part of a variant's cache key.
 
 Judging rule (fixed before the full run): A11 compares the final full-batch training objective
@@ -55,7 +57,16 @@ import torch
 from torch import Tensor
 
 from overparam.datasets.mnist import mnist
-from overparam.engine import Claim, Config, Experiment, Metrics, RunContext, Verdict, register
+from overparam.engine import (
+    Claim,
+    Config,
+    Experiment,
+    Metrics,
+    Piece,
+    RunContext,
+    Verdict,
+    register,
+)
 from overparam.experiments import _mnist_tutorial as tut
 from overparam.optim import EndToEndSGD
 
@@ -235,17 +246,29 @@ def _variant_metrics(
     return out
 
 
+def _variant_piece(variant: str, config: Config, ctx: RunContext) -> Metrics:
+    """One variant as an independent piece: it loads its data where it runs."""
+    return _variant_metrics(variant, load(config, _device(config["device"])), config, ctx)
+
+
+def variant_pieces(config: Config) -> list[Piece]:
+    """One independent cached piece per variant, stored under ``variant`` and the config without
+    the judge-only keys, plus ``"variant"``."""
+    key = {k: v for k, v in config.items() if k not in JUDGE_ONLY}
+    return [
+        Piece(variant, {**key, "variant": variant},
+              functools.partial(_variant_piece, variant, config))
+        for variant in config["variants"]
+    ]  # fmt: skip
+
+
 def run(config: Config, ctx: RunContext) -> Metrics:
-    """Train each of ``config["variants"]`` from the shared initialization, each a cached piece."""
+    """Train each of ``config["variants"]`` from the shared initialization, each an independent
+    cached piece (on a cluster, each variant a task of its own)."""
     _check(config)
     device = _device(config["device"])
-    data = load(config, device)
-    key = {k: v for k, v in config.items() if k not in JUDGE_ONLY}
-    out: Metrics = {"device": str(device), "variants": {}}
-    for variant in config["variants"]:
-        compute = functools.partial(_variant_metrics, variant, data, config, ctx)
-        out["variants"][variant] = ctx.cached(variant, {**key, "variant": variant}, compute)
-    return out
+    results = ctx.cached_all(variant_pieces(config))
+    return {"device": str(device), "variants": dict(zip(config["variants"], results, strict=True))}
 
 
 def steps_to_reach(steps: list[int], curve: list[float | None], target: float) -> int | None:

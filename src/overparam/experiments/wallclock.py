@@ -14,13 +14,29 @@ in use.  This experiment trains three tasks on one CPU thread,
 with SGD + momentum (the baseline), AdamW, Muon (+ AdamW for the non-matrix parameters), SGD on the
 model overparameterized to depth 2 and 3, and ``EndToEndSGD`` of depth 2 and 3, exact and
 amortized (``precondition_every``; marked "not available" where the installed optimizer lacks it).
-Each optimizer's learning rate is chosen on seed 0 from a small grid by the lowest final training
-loss; the other seeds rerun the chosen rate.  The target of seed ``s`` is the SGD baseline's final
-training loss on seed ``s`` (same initialization and batches for every optimizer); reported per
-optimizer: wall-clock seconds and steps to reach it (median over seeds, interpolated between
-checkpoints), final training loss, test accuracy (validation loss for ``charlm``), step time.  Only
-the training steps are timed (wall clock and the thread's CPU time); the training-loss curve is the
-loss on a fixed probe subset of the training data, evaluated outside the timed region.
+``EndToEndSGD`` is used as at small batch it should be: ``opt.capture(model)`` right after it is
+built keeps each ``nn.Linear`` weight gradient as the low-rank product ``Delta^T X`` (the same
+update to rounding, checked against ``.grad`` at every step with the dense gradient as fallback;
+:meth:`overparam.optim.EndToEndSGD.capture`).  It pays where the batch has few rows: on the MLP
+(batch 128) the hidden layers take the low-rank route; on the transformer (16 x 64 = 1024 token
+rows) every layer falls back to the dense gradient as too large for it, and on the ConvNet the
+L2 term of the objective makes ``.grad`` differ from ``Delta^T X``, so it falls back there too.
+
+Learning rates: each optimizer's rate is chosen on seed 0 by the lowest final training loss over
+a grid (``{task}_lrs_sgd`` for the SGD family, ``{task}_lrs_adaptive`` for AdamW and Muon) that
+extends itself (``search_lr`` of :mod:`overparam.experiments._wallclock_target`): while the best
+rate is the smallest (largest) of the grid, the next rate in that direction (the grid's spacing at
+that edge) is trained and compared, at most ``lr_extend`` times per direction; every rate is its
+own stored piece.  This extension rule was introduced after seeing the results of the first
+version's full run (120/800/300 steps, fixed 3-point grids), where the chosen rate sat at the edge
+of its grid for 17 of the 27 (task, optimizer) pairs; the table and the notes flag a rate still at
+the edge after the extension.  The other seeds rerun the chosen rate.  The target of seed ``s``
+is the SGD baseline's final training loss on seed ``s`` (same initialization and batches for
+every optimizer); reported per optimizer: wall-clock seconds and steps to reach it (median over
+seeds, interpolated between checkpoints), final training loss, test accuracy (validation loss for
+``charlm``), step time and the final learning-rate grid.  Only the training steps are timed (wall
+clock and the thread's CPU time); the training-loss curve is the loss on a fixed probe subset of
+the training data, evaluated outside the timed region.
 
 The ConvNet's objective is the tutorial's, cross-entropy + ``5e-4 * sum ||t||^2 / 2`` over the
 dense end-to-end weights and biases, for every optimizer (so the losses compare directly; the L2
@@ -38,14 +54,18 @@ P1, the source's A11 read in steps on the ConvNet (speed-up >= ``min_speedup``);
 P5-P7 EndToEndSGD), judged on the median wall-clock time (``clock="cpu"``: on the thread's CPU
 time instead, for a machine shared with other jobs; the note always gives both).
 
-Runtime: quick (1 seed, 2 learning rates, tiny models and runs: a smoke test whose timings are
-fractions of a second) about a minute on one loaded core.  Full (3 seeds, 3 learning rates; the
-source's ConvNet for 120 steps of batch 64, a 256-256 MLP for 800 steps of batch 128, a 2-layer
-width-128 transformer on 64-byte windows for 300 steps of batch 16): about 30 minutes of one
-idle CPU thread by the measured step costs, about twice that on a loaded 2-core machine.  Every
-(task, optimizer, learning rate, seed) piece is stored as it finishes, so an interrupted run
-resumes; after a change of the library's layers or optimizers rerun with ``--force`` to time the
-new code.  The per-optimizer table (Markdown) of a finished run: :func:`markdown` of its metrics,
+Runtime: quick (1 seed, 2 learning rates, no grid extension, tiny models and runs: a smoke test
+whose timings are fractions of a second) 30 s measured on one loaded core (60 s with
+``lr_extend=1``).  Full (3 seeds, 3
+learning rates extended up to 2 times each way; the source's ConvNet for 150 steps of batch 64, a
+256-256 MLP for 1000 steps of batch 128, a 2-layer width-128 transformer on 64-byte windows for
+360 steps of batch 16): an estimate, not yet a measurement, of about 43 minutes on one loaded
+core (between 36 minutes with no extension and 47 with every possible one), scaled from the
+stored pieces of the first version's full run (31 minutes for 45 pieces per task: per piece
+12.2 s of training and 8.7 s of evaluation on the ConvNet, 7.3 + 1.7 s on the MLP, 10.4 + 1.0 s
+on the transformer).  Every (task, optimizer, learning rate, seed) piece is stored as it
+finishes, so an interrupted run resumes; after a change of the library's layers or optimizers
+rerun with ``--force`` to time the new code.  The per-optimizer table (Markdown) of a finished run: :func:`markdown` of its metrics,
 
     overparam run time-to-target --quick
     OMP_NUM_THREADS=1 nice -n 5 overparam run time-to-target --full --out runs
@@ -63,14 +83,15 @@ from overparam.experiments._wallclock_optim import (
     unavailable,
 )
 from overparam.experiments._wallclock_plot import plot
-from overparam.experiments._wallclock_target import choose_lr, markdown, table
+from overparam.experiments._wallclock_target import at_edge, choose_lr, markdown, search_lr, table
 from overparam.experiments._wallclock_tasks import TASKS, Task, make_task
 from overparam.experiments._wallclock_train import train_piece
 from overparam.experiments._wallclock_verdicts import CLAIMS, judge
 
 __all__ = ["EXPERIMENT", "markdown", "piece_config", "run"]
 
-PIECE_VERSION = 2
+VERSION = 2  # v2: EndToEndSGD with captured low-rank gradients, self-extending grids
+PIECE_VERSION = 3
 SHARED: Config = {
     "tasks": list(TASKS),
     "optimizers": list(OPTIMIZERS),
@@ -79,6 +100,7 @@ SHARED: Config = {
     "clock": "wall",
     "points": 20,
     "min_speedup": 10.0,
+    "lr_extend": 2,
     "convnet_lrs_sgd": [0.003, 0.01, 0.03],
     "convnet_lrs_adaptive": [3e-4, 1e-3, 3e-3],
     "mlp_lrs_sgd": [0.01, 0.03, 0.1],
@@ -89,6 +111,7 @@ SHARED: Config = {
 QUICK: Config = {
     **SHARED,
     "seeds": 1,
+    "lr_extend": 0,  # 1 doubles the quick run's time (81 pieces instead of 54)
     "probe_size": 256,
     "test_size": 2000,
     "convnet_channels": [8, 16],
@@ -124,18 +147,18 @@ FULL: Config = {
     "convnet_hidden": 512,
     "convnet_train_size": 55000,
     "convnet_batch": 64,
-    "convnet_steps": 120,
+    "convnet_steps": 150,
     "mlp_hidden": [256, 256],
     "mlp_train_size": 55000,
     "mlp_batch": 128,
-    "mlp_steps": 800,
+    "mlp_steps": 1000,
     "charlm_bytes": 2_000_000,
     "charlm_context": 64,
     "charlm_width": 128,
     "charlm_heads": 4,
     "charlm_layers": 2,
     "charlm_batch": 16,
-    "charlm_steps": 300,
+    "charlm_steps": 360,
     "charlm_probe": 64,
 }
 _TASK_SHARED = {"convnet": ("probe_size", "test_size"), "mlp": ("probe_size", "test_size")}
@@ -176,22 +199,25 @@ def _entry(task: Task, optimizer: str, config: Config, ctx: RunContext) -> Metri
     reason = unavailable(spec)
     if reason is not None:
         return {"available": False, "reason": reason}
-    grid = [float(lr) for lr in config[f"{task.name}_lrs_{spec.family}"]]
-    pieces = {f"{lr:g}": _piece(task, optimizer, lr, 0, config, ctx) for lr in grid}
+    pieces, lrs, added = search_lr(
+        [float(lr) for lr in config[f"{task.name}_lrs_{spec.family}"]],
+        lambda lr: _piece(task, optimizer, lr, 0, config, ctx),
+        config["lr_extend"],
+    )
     chosen = choose_lr(pieces)
+    lr = next((v for v in lrs if f"{v:g}" == chosen), None)
     entry: Metrics = {
         "available": True,
-        "grid": {lr: run["final_loss"] for lr, run in pieces.items()},
-        "lr": None if chosen is None else float(chosen),
-        "lr_at_grid_edge": chosen is not None
-        and len(grid) > 2
-        and float(chosen) in (min(grid), max(grid)),
+        "grid": {f"{v:g}": pieces[f"{v:g}"]["final_loss"] for v in lrs},
+        "lrs": lrs,
+        "lr_extended": added,
+        "lr": lr,
+        "lr_at_grid_edge": at_edge(lr, lrs),
         "runs": [],
     }
-    if chosen is not None:
-        lr = float(chosen)
+    if lr is not None:
         others = [_piece(task, optimizer, lr, s, config, ctx) for s in range(1, config["seeds"])]
-        entry["runs"] = [pieces[chosen], *others]
+        entry["runs"] = [pieces[f"{lr:g}"], *others]
     return entry
 
 
@@ -200,6 +226,9 @@ def _check(config: Config) -> None:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{key}` must be an integer >= 1, got {value!r}")
+    extend = config["lr_extend"]
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise ValueError(f"`lr_extend` must be an integer >= 0, got {extend!r}")
     if config["clock"] not in ("wall", "cpu"):
         raise ValueError(f"`clock` must be 'wall' or 'cpu', got {config['clock']!r}")
     unknown = [t for t in config["tasks"] if t not in TASKS]
@@ -247,6 +276,7 @@ EXPERIMENT = register(
         judge=judge,
         plot=plot,
         doc=__doc__ or "",
+        version=VERSION,
         tags=("practitioner",),
     )
 )

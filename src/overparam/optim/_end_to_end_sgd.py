@@ -22,6 +22,13 @@ trajectory grows like ``lr (k - 1)`` (a stale operator of age ``j`` errs by ``O(
 frozen basis (``diag(U^T W V)``) would shrink that gap by a measured 1.4x-1.9x for one more
 ``m x n x r`` product per step (a third of the depth-2 cost); a smaller ``k`` buys the same.
 
+Low-rank gradients (:meth:`EndToEndSGD.capture`): the gradient of an ``nn.Linear`` weight over
+``B`` input rows is ``Delta^T X`` (output gradients times inputs, rank ``<= B``); with the two
+factors recorded by forward hooks, as K-FAC records them, the operator costs
+``N B (r (m + n) + m n)`` multiply-adds instead of about ``3 m^2 n``
+(:func:`overparam.core._cached.precondition_low_rank`), the same direction to rounding.  At
+small batch this is the step's main cost: ``benchmarks/bench_nn.py`` prints both routes.
+
 Precision: bfloat16/float16 parameters are preconditioned in float32 (factorization, cache and
 direction) and updated in their own dtype; momentum buffers have the parameter's dtype.
 
@@ -38,15 +45,19 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from overparam import _validate
 from overparam.core._cached import (
     METHODS,
     Factorization,
+    application_multiply_adds,
     cached_factorization,
+    low_rank_multiply_adds,
     precondition_cached,
+    precondition_low_rank,
 )
+from overparam.optim._capture import Handles, LowRank, LowRankGradients
 
 _CACHE_KEYS = ("basis_u", "singular_values", "basis_v")
 DEFAULT_PRECONDITION_EVERY = 10
@@ -119,6 +130,7 @@ def end_to_end_direction(
     eps: float = 0.0,
     factorizations: list[Factorization | None] | None = None,
     method: str = "auto",
+    low_rank: list[LowRank | None] | None = None,
 ) -> list[Tensor]:
     """``A_{N,W}(G)`` for every ``(W, G)`` with ``W.ndim >= 2``; ``G`` unchanged otherwise.
 
@@ -134,6 +146,10 @@ def end_to_end_direction(
             ``None`` to factorize the current ``W`` (the result is stored in the list).  Without
             it every matrix is factorized (the exact rule).
         method: the factorization (:func:`overparam.core.cached_factorization`).
+        low_rank: optional, one entry per parameter: ``(Delta, X)`` with ``G = Delta^T X``
+            (a 2-D weight's gradient over ``B`` rows), applied in that form
+            (:func:`overparam.core._cached.precondition_low_rank`) at an integer depth; ``None``
+            entries (and real depths) use ``G``.
 
     Returns:
         The update directions, in the order of ``params`` (each in its parameter's dtype).
@@ -148,6 +164,11 @@ def end_to_end_direction(
     n = _validate.depth(depth)
     _validate.positive(eps, "eps", allow_zero=True)
     cache: list[Factorization | None] = factorizations or [None] * len(params)
+    factored = low_rank if low_rank is not None and n == int(n) else [None] * len(params)
+    if len(factored) != len(params):
+        raise ValueError(
+            f"`low_rank` must have one entry per param ({len(params)}), got {len(factored)}"
+        )
     out: list[Tensor] = list(grads)
     if n == 1.0:
         return out
@@ -155,10 +176,11 @@ def end_to_end_direction(
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
         if p.dim() >= 2 and p.numel() > 0:  # an empty matrix: its (empty) gradient as is
             _validate.same_shape(p, g, "param", "grad")
-            buckets[(tuple(p.shape), p.dtype, p.device, cache[i] is None)].append(i)
-    for (shape, dtype, _, fresh), idx in buckets.items():
+            pair = factored[i]
+            rows = None if pair is None else int(pair[1].shape[0])
+            buckets[(tuple(p.shape), p.dtype, p.device, cache[i] is None, rows)].append(i)
+    for (shape, dtype, _, fresh, rows), idx in buckets.items():
         compute = _compute_dtype(dtype)
-        G = _stack([grads[i].reshape(shape[0], -1) for i in idx]).to(compute)
         if fresh:
             W = _stack([params[i].detach().reshape(shape[0], -1) for i in idx]).to(compute)
             bad = None if bool(torch.isfinite(W.sum())) else _first_non_finite(params, idx)
@@ -172,7 +194,12 @@ def end_to_end_direction(
                 cache[i] = (U[k], s[k], V[k])
         else:
             U, s, V = (_stack([cache[i][j] for i in idx]) for j in range(3))  # type: ignore[index]
-        D = precondition_cached(U, s, V, G, n, eps)
+        if rows is not None:
+            left, right = (_stack([factored[i][j] for i in idx]).to(compute) for j in range(2))  # type: ignore[index]
+            D = precondition_low_rank(U, s, V, left, right, int(n), eps)
+        else:
+            G = _stack([grads[i].reshape(shape[0], -1) for i in idx]).to(compute)
+            D = precondition_cached(U, s, V, G, n, eps)
         for k, i in enumerate(idx):
             out[i] = D[k].reshape(shape).to(dtype)
     return out
@@ -191,6 +218,7 @@ def end_to_end_sgd(
     factorizations: list[Factorization | None] | None = None,
     method: str = "auto",
     check_gradients: bool = True,
+    low_rank: list[LowRank | None] | None = None,
 ) -> None:
     """One step, in place: ``d = A_{N,W}(g + wd W)``; ``b = mu b + d``; ``W <- W - lr b``.
 
@@ -213,6 +241,8 @@ def end_to_end_sgd(
         method: the factorization of a refresh.
         check_gradients: raise ``ValueError`` naming ``grads[i]`` and its shape if a gradient
             has NaN/inf entries (before anything is changed).
+        low_rank: the gradients as ``(Delta, X)`` products (:func:`end_to_end_direction`);
+            ignored under weight decay (``g + wd W`` is not of that form).
     """
     _validate.positive(lr, "lr")
     _check_momentum(momentum)
@@ -226,9 +256,11 @@ def end_to_end_sgd(
         _check_finite(grads, lambda i: f"`grads[{i}]` (shape {tuple(grads[i].shape)})")
     if weight_decay != 0.0:
         grads = [g.add(p.detach(), alpha=weight_decay) for p, g in zip(params, grads, strict=True)]
+        low_rank = None
     directions = end_to_end_direction(
-        params, grads, depth, eps=eps, factorizations=factorizations, method=method
-    )
+        params, grads, depth, eps=eps, factorizations=factorizations, method=method,
+        low_rank=low_rank,
+    )  # fmt: skip
     with torch.no_grad():
         for i, (p, d) in enumerate(zip(params, directions, strict=True)):
             if momentum != 0.0:
@@ -318,6 +350,9 @@ class EndToEndSGD(torch.optim.Optimizer):
         factorization: ``"auto"``, ``"svd"``, ``"qr"`` or ``"gram"``
             (:func:`overparam.core.cached_factorization`).
 
+    Call :meth:`capture` with the model to have its ``nn.Linear`` gradients preconditioned in
+    low-rank form (much cheaper at small batch; the same update).
+
     Example:
         >>> model = torch.nn.Sequential(
         ...     torch.nn.Embedding(100, 16), torch.nn.Linear(16, 32), torch.nn.Linear(32, 100)
@@ -327,6 +362,7 @@ class EndToEndSGD(torch.optim.Optimizer):
         >>> opt = EndToEndSGD(
         ...     [{"params": hidden}, {"params": rest, "depth": 1}], lr=0.1, depth=2, momentum=0.9
         ... )
+        >>> hooks = opt.capture(model)  # model[1]: low-rank gradients (depth-1 groups: as is)
         >>> model(torch.tensor([[1, 2, 3]])).square().mean().backward()
         >>> opt.step()
     """
@@ -359,6 +395,7 @@ class EndToEndSGD(torch.optim.Optimizer):
                 f"{kind} (wrap a single tensor in a list)"
             )
         super().__init__(params, defaults)
+        self._low_rank: LowRankGradients | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group: a dict with ``params``, known keys only, hyperparameters validated like
@@ -368,6 +405,7 @@ class EndToEndSGD(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_low_rank", None)  # pickles hold no hooks: capture again
         for group in self.param_groups:  # checkpoints of the exact rule, saved before these keys
             group.setdefault("precondition_every", 1)
             group.setdefault("eps", 0.0)
@@ -408,6 +446,67 @@ class EndToEndSGD(torch.optim.Optimizer):
             gathered.append((group, params, grads))
         return gathered
 
+    def capture(self, model: nn.Module) -> Handles:
+        """Keep the gradients of ``model``'s ``nn.Linear`` weights as low-rank products.
+
+        Forward hooks record each layer's inputs ``X`` and output gradients ``Delta`` (as
+        K-FAC does), so that the weight gradient ``G = Delta^T X`` over ``B`` rows (batch times
+        tokens) is preconditioned in that form: ``N B (r (m + n) + m n)`` multiply-adds instead
+        of about ``3 m^2 n`` (depth 2), the difference between a step that costs a few percent
+        more than SGD's and one that costs several times more at small batch.  The direction
+        is the same to rounding (the pairs are checked against ``.grad`` before use, see
+        :mod:`overparam.optim._capture`; the dense gradient is used when the check fails, when
+        the low-rank form would cost more (large ``B``), under weight decay and at real
+        depths).  Call it once after building the optimizer; the returned handle's ``remove()``
+        detaches the hooks.
+
+        Args:
+            model: the module whose ``nn.Linear`` layers' weights are (some of) this
+                optimizer's parameters.
+
+        Returns:
+            A handle with ``remove()`` (also a context manager).
+        """
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        if self._low_rank is None:
+            self._low_rank = LowRankGradients(self._rows_limit)
+        weights = {p for group in self.param_groups for p in group["params"] if p.dim() == 2}
+        return self._low_rank.attach(model, weights)
+
+    def _group_of(self, p: Tensor) -> dict[str, Any] | None:
+        return next((g for g in self.param_groups if any(q is p for q in g["params"])), None)
+
+    def _rows_limit(self, p: Tensor) -> int:
+        """The most rows for which the low-rank route costs fewer multiply-adds (0: never)."""
+        group = self._group_of(p)
+        if group is None or p.dim() != 2 or group["weight_decay"] != 0.0:
+            return 0
+        depth = float(group["depth"])
+        if depth == 1.0 or depth != int(depth) or depth > 64:
+            return 0
+        m, n = p.shape
+        per_row = low_rank_multiply_adds(m, n, 1, int(depth))
+        return max(0, (application_multiply_adds(m, n, depth) - 1) // per_row)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``torch.optim.Optimizer.zero_grad``, also forgetting the captured gradient pairs."""
+        super().zero_grad(set_to_none)
+        captured = self._low_rank
+        if captured is not None:
+            captured.clear()
+
+    def _low_rank_of(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
+    ) -> list[LowRank | None] | None:
+        captured = self._low_rank
+        if captured is None or group["weight_decay"] != 0.0:
+            return None
+        return [
+            captured.take(p, g) if p.dim() == 2 else None
+            for p, g in zip(params, grads, strict=True)
+        ]
+
     def _cached(self, p: Tensor, every: int) -> Factorization | None:
         """The cached ``(U, s, V)`` of ``p``, or ``None`` when a refresh is due."""
         state = self.state[p]
@@ -446,6 +545,7 @@ class EndToEndSGD(torch.optim.Optimizer):
                 factorizations=cache,
                 method=group["factorization"],
                 check_gradients=False,
+                low_rank=self._low_rank_of(group, params, grads),
             )
             for p, buf, factors in zip(params, buffers, cache, strict=True):
                 state = self.state[p]
@@ -454,4 +554,7 @@ class EndToEndSGD(torch.optim.Optimizer):
                 if factors is not None:
                     state.update(zip(_CACHE_KEYS, factors, strict=True))
                 state["step"] = state.get("step", 0) + 1
+        captured = self._low_rank
+        if captured is not None:
+            captured.clear()
         return loss

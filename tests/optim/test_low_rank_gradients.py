@@ -1,0 +1,231 @@
+"""EndToEndSGD.capture: gradients kept as ``Delta^T X`` give the dense route's trajectory, and the
+low-rank route is taken exactly when the captured pairs are the gradient."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import overparam.optim._end_to_end_sgd as e2e
+from overparam.core._cached import (
+    application_multiply_adds,
+    cached_factorization,
+    low_rank_multiply_adds,
+    precondition_cached,
+    precondition_low_rank,
+)
+from overparam.optim import EndToEndSGD
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts the rows of every low-rank application (one entry per call)."""
+    calls: list[int] = []
+    real = e2e.precondition_low_rank
+
+    def counted(U, s, V, left, right, depth, eps=0.0):
+        calls.append(int(left.shape[-2]))
+        return real(U, s, V, left, right, depth, eps)
+
+    monkeypatch.setattr(e2e, "precondition_low_rank", counted)
+    return calls
+
+
+def _net(gen, width=12):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    return nn.Sequential(
+        nn.Linear(10, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 3)
+    ).double()
+
+
+def _train(net, capture, steps=8, batch=4, accumulate=1, touch=None, seed=0, **kw):
+    """Parameters after ``steps`` steps of depth-``kw['depth']`` EndToEndSGD on fixed data."""
+    net = copy.deepcopy(net)
+    settings = {"lr": 0.05, "depth": 2, "momentum": 0.9, "precondition_every": 3, **kw}
+    opt = EndToEndSGD(net.parameters(), **settings)
+    if capture:
+        opt.capture(net)
+    data = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        opt.zero_grad()
+        for _ in range(accumulate):
+            x = torch.randn(batch, 10, generator=data, dtype=torch.float64)
+            net(x).sin().sum().backward()
+        if touch is not None:
+            touch(net)
+        opt.step()
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (6, 6)])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_low_rank_application_is_the_dense_one(gen, shape, depth, eps):
+    """float64, any rank (two zero columns), floored or not: ``precondition_cached(D^T X)``."""
+    m, n = shape
+    W = torch.randn(m, n, generator=gen, dtype=torch.float64)
+    W[:, :2] = 0.0
+    D = torch.randn(2, 3, m, generator=gen, dtype=torch.float64)  # batched, B = 3 rows
+    X = torch.randn(2, 3, n, generator=gen, dtype=torch.float64)
+    U, s, V = cached_factorization(torch.stack([W, 2 * W]), "svd")
+    dense = precondition_cached(U, s, V, D.mT @ X, depth, eps)
+    assert torch.allclose(precondition_low_rank(U, s, V, D, X, depth, eps), dense, atol=1e-12)
+
+
+def test_multiply_adds_of_the_two_routes():
+    """At small B the low-rank route is far cheaper; at large B the dense one is."""
+    m, n = 512, 3136
+    assert low_rank_multiply_adds(m, n, 64, 2) * 5 < application_multiply_adds(m, n, 2)
+    assert low_rank_multiply_adds(m, n, 4096, 2) > application_multiply_adds(m, n, 2)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("every", [1, 3])
+def test_captured_trajectory_equals_the_dense_one(gen, spy, depth, every):
+    net = _net(gen)
+    dense = _train(net, False, depth=depth, precondition_every=every)
+    assert spy == []
+    low = _train(net, True, depth=depth, precondition_every=every)
+    assert torch.allclose(low, dense, atol=1e-11, rtol=0)
+    # the two 12-wide hidden layers and the first (10 -> 12) take it; the 3 x 12 head does not pay
+    assert len(spy) == 8 * 2 and set(spy) == {4}
+
+
+def test_gradient_accumulation_concatenates_the_rows(gen, spy):
+    net = _net(gen)
+    dense = _train(net, False, accumulate=2, batch=2)
+    low = _train(net, True, accumulate=2, batch=2)
+    assert torch.allclose(low, dense, atol=1e-11, rtol=0)
+    assert set(spy) == {4}
+
+
+def test_rescaled_gradients_keep_the_low_rank_route(gen, spy):
+    """A uniform rescaling of ``.grad`` (clipping, GradScaler.unscale_) is absorbed."""
+
+    def clip(net):
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.01)
+
+    net = _net(gen)
+    low = _train(net, True, touch=clip)
+    assert len(spy) == 16
+    assert torch.allclose(low, _train(net, False, touch=clip), atol=1e-11, rtol=0)
+
+
+def test_a_changed_gradient_falls_back_to_it(gen, spy):
+    """An extra term in ``.grad`` (a shared weight, a penalty) fails the check: dense route."""
+
+    def extra(net):
+        net[2].weight.grad.add_(torch.ones_like(net[2].weight) * 1e-3)
+
+    net = _net(gen)
+    low = _train(net, True, touch=extra)
+    assert len(spy) == 8  # only the first layer still takes it
+    assert torch.allclose(low, _train(net, False, touch=extra), atol=1e-11, rtol=0)
+
+
+def test_stale_pairs_after_model_zero_grad_are_not_used(gen, spy):
+    """``model.zero_grad()`` between backward passes: the first pass's pairs are stale."""
+    net = _net(gen)
+    opt = EndToEndSGD(net.parameters(), lr=0.05, depth=2)
+    opt.capture(net)
+    x = torch.randn(4, 10, generator=gen, dtype=torch.float64)
+    net(x).sum().backward()
+    net.zero_grad()
+    net(2 * x).sum().backward()
+    reference = copy.deepcopy(net)
+    ref_opt = EndToEndSGD(reference.parameters(), lr=0.05, depth=2)
+    for p, q in zip(net.parameters(), reference.parameters(), strict=True):
+        q.grad = p.grad.clone()
+    opt.step()
+    ref_opt.step()
+    assert spy == []
+    for p, q in zip(net.parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"weight_decay": 0.01}, {"depth": 2.5}], ids=["weight decay", "real depth"]
+)
+def test_dense_route_where_the_low_rank_form_does_not_apply(gen, spy, settings):
+    net = _net(gen)
+    low = _train(net, True, **settings)
+    assert spy == []
+    assert torch.allclose(low, _train(net, False, **settings), atol=1e-11, rtol=0)
+
+
+def test_large_batches_are_not_recorded(gen, spy):
+    """Past the rows where the low-rank route pays, nothing is kept (memory) and G is used."""
+    net = _net(gen)
+    low = _train(net, True, batch=64)
+    assert spy == []
+    assert torch.allclose(low, _train(net, False, batch=64), atol=1e-11, rtol=0)
+
+
+def test_no_capture_without_backward_and_after_remove(gen, spy):
+    net = _net(gen)
+    opt = EndToEndSGD(net.parameters(), lr=0.05, depth=2)
+    handle = opt.capture(net)
+    x = torch.randn(4, 10, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        net(x)
+    net(x)  # a graph but no backward
+    assert all(not entry.inputs for entry in opt._low_rank.pairs.values())
+    handle.remove()
+    net(x).sum().backward()
+    opt.step()
+    assert spy == []
+
+
+def test_bad_arguments(gen):
+    net = _net(gen)
+    opt = EndToEndSGD(net.parameters(), lr=0.05, depth=2)
+    with pytest.raises(ValueError, match=r"`model` must be a torch.nn.Module, got list"):
+        opt.capture([net])
+    with pytest.raises(ValueError, match="no nn.Linear layer whose weight this optimizer"):
+        opt.capture(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_float32_and_bf16_autocast_take_the_low_rank_route(gen, spy):
+    """float32: the check passes at its rounding (1000 eps); the trajectories agree to float32
+    rounding of 8 steps.  bf16 autocast: the captured factors are bf16, the check's 4 eps
+    (3.1e-2) covers their rounding, and the update matches the dense route to bf16 precision
+    (measured: 2.7e-3 of the distance travelled apart, where the bf16 and float32 dense routes
+    are 3.2e-3 apart; bound 1e-2)."""
+    net = _net(gen).float()
+
+    def run(capture, autocast):
+        model = copy.deepcopy(net)
+        opt = EndToEndSGD(model.parameters(), lr=0.05, depth=2, momentum=0.9)
+        if capture:
+            opt.capture(model)
+        data = torch.Generator().manual_seed(0)
+        for _ in range(8):
+            opt.zero_grad()
+            x = torch.randn(4, 10, generator=data)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model(x)
+            out.float().sin().sum().backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    dense = run(False, False)
+    assert torch.allclose(run(True, False), dense, atol=1e-5, rtol=0)
+    assert len(spy) == 16
+    spy.clear()
+    low, ref = run(True, True), run(False, True)
+    assert len(spy) > 0
+    start = torch.cat([p.detach().flatten() for p in net.parameters()])
+    assert float((low - ref).norm() / (ref - start).norm()) < 1e-2
+
+
+def test_a_copied_optimizer_has_no_hooks_and_still_steps(gen, spy):
+    net = _net(gen)
+    opt = EndToEndSGD(net.parameters(), lr=0.05, depth=2)
+    opt.capture(net)
+    twin = copy.deepcopy(opt)
+    assert twin._low_rank is None
+    x = torch.randn(4, 10, generator=gen, dtype=torch.float64)
+    net(x).sum().backward()
+    twin.step()
+    assert spy == []
