@@ -229,3 +229,53 @@ def test_a_copied_optimizer_has_no_hooks_and_still_steps(gen, spy):
     net(x).sum().backward()
     twin.step()
     assert spy == []
+
+
+def test_direction_refuses_mismatched_pairs(gen):
+    from overparam.optim import end_to_end_direction
+
+    W = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    G = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    good = (torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64))
+    out = end_to_end_direction([W], [good[0].T @ good[1]], 2, low_rank=[good])[0]
+    assert torch.allclose(out, end_to_end_direction([W], [good[0].T @ good[1]], 2)[0], atol=1e-12)
+    bad = (torch.randn(3, 4, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"`low_rank\[0\]` must be \(Delta, X\) of shapes \(B, 4\) and \(B, 6\).*got \(3, 4\) and \(2, 6\)"):  # fmt: skip
+        end_to_end_direction([W], [G], 2, low_rank=[bad])
+    with pytest.raises(ValueError, match=r"`low_rank` must have one entry per param \(1\), got 2"):
+        end_to_end_direction([W], [G], 2, low_rank=[good, good])
+
+
+def test_decoupled_weight_decay_keeps_the_low_rank_route(gen, spy):
+    """``W <- (1 - lr wd) W - lr b`` with ``b`` the momentum of ``A(g)``: a naive loop agrees, and
+    the captured route is taken (coupled decay would need the dense ``g + wd W``)."""
+    net = _net(gen)
+    settings = {"weight_decay": 0.1, "decoupled_weight_decay": True, "precondition_every": 1}
+    low = _train(net, True, eps=0.0, **settings)
+    assert len(spy) == 16
+    ref = copy.deepcopy(net)
+    opt = EndToEndSGD(ref.parameters(), lr=0.05, depth=2, momentum=0.9, precondition_every=1, eps=0.0)  # fmt: skip
+    data = torch.Generator().manual_seed(0)
+    for _ in range(8):  # naive: the undecayed update, then the decay of the pre-step weights
+        opt.zero_grad()
+        ref(torch.randn(4, 10, generator=data, dtype=torch.float64)).sin().sum().backward()
+        before = [p.detach().clone() for p in ref.parameters()]
+        opt.step()
+        with torch.no_grad():
+            for p, w in zip(ref.parameters(), before, strict=True):
+                p.sub_(0.05 * 0.1 * w)
+    naive = torch.cat([p.detach().flatten() for p in ref.parameters()])
+    assert torch.allclose(low, naive, atol=1e-12, rtol=0)
+
+
+def test_old_checkpoints_load_without_the_decoupled_key(gen):
+    net = _net(gen)
+    opt = EndToEndSGD(net.parameters(), lr=0.05, depth=2, weight_decay=0.01)
+    state = opt.state_dict()
+    for group in state["param_groups"]:
+        del group["decoupled_weight_decay"]
+    fresh = EndToEndSGD(net.parameters(), lr=0.05, depth=2)
+    fresh.load_state_dict(state)
+    assert all(g["decoupled_weight_decay"] is False for g in fresh.param_groups)
+    with pytest.raises(ValueError, match=r"`decoupled_weight_decay` must be a bool, got 1"):
+        EndToEndSGD(net.parameters(), lr=0.05, depth=2, decoupled_weight_decay=1)

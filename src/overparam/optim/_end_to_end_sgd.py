@@ -89,6 +89,12 @@ def _check_every(value: int) -> int:
     return value
 
 
+def _check_flag(value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"`decoupled_weight_decay` must be a bool, got {value!r}")
+    return value
+
+
 def _check_method(value: str) -> str:
     if value not in METHODS:
         raise ValueError(f"`factorization` must be one of {METHODS}, got {value!r}")
@@ -120,6 +126,19 @@ def _check_finite(grads: list[Tensor], describe: Callable[[int], str]) -> None:
 
 def _first_non_finite(tensors: list[Tensor], indices: list[int]) -> int | None:
     return next((i for i in indices if not bool(torch.isfinite(tensors[i]).all())), None)
+
+
+def _check_pair(pair: LowRank, p: Tensor, i: int) -> int:
+    """The row count ``B`` of ``low_rank[i] = (Delta, X)``: ``(B, m)`` and ``(B, n)`` for the
+    ``m x n`` matrix ``p``."""
+    D, X = pair
+    m, n = p.shape[0], p[0].numel()
+    if D.dim() != 2 or X.dim() != 2 or D.shape != (X.shape[0], m) or X.shape[1] != n:
+        raise ValueError(
+            f"`low_rank[{i}]` must be (Delta, X) of shapes (B, {m}) and (B, {n}) for a parameter "
+            f"of shape {tuple(p.shape)}, got {tuple(D.shape)} and {tuple(X.shape)}"
+        )
+    return int(X.shape[0])
 
 
 def end_to_end_direction(
@@ -177,7 +196,7 @@ def end_to_end_direction(
         if p.dim() >= 2 and p.numel() > 0:  # an empty matrix: its (empty) gradient as is
             _validate.same_shape(p, g, "param", "grad")
             pair = factored[i]
-            rows = None if pair is None else int(pair[1].shape[0])
+            rows = None if pair is None else _check_pair(pair, p, i)
             buckets[(tuple(p.shape), p.dtype, p.device, cache[i] is None, rows)].append(i)
     for (shape, dtype, _, fresh, rows), idx in buckets.items():
         compute = _compute_dtype(dtype)
@@ -219,11 +238,14 @@ def end_to_end_sgd(
     method: str = "auto",
     check_gradients: bool = True,
     low_rank: list[LowRank | None] | None = None,
+    decoupled_weight_decay: bool = False,
 ) -> None:
     """One step, in place: ``d = A_{N,W}(g + wd W)``; ``b = mu b + d``; ``W <- W - lr b``.
 
     Weight decay is added to the gradient before preconditioning (it is the gradient of
-    ``wd/2 ||W||^2``, part of the loss); momentum accumulates the preconditioned directions (the
+    ``wd/2 ||W||^2``, part of the loss); with ``decoupled_weight_decay`` it is applied to the
+    weights instead, as AdamW and Muon apply it: ``d = A_{N,W}(g)``, ``b = mu b + d``,
+    ``W <- (1 - lr wd) W - lr b`` (the gradient keeps its low-rank form).  Momentum accumulates the preconditioned directions (the
     update of the emulated factors' end-to-end matrix).  ``momentum_buffers`` entries that are
     ``None`` are created (a copy of ``d``) and stored back in the list.  With ``depth == 1`` this is
     ``torch.optim.SGD`` (no dampening, no Nesterov).
@@ -242,7 +264,8 @@ def end_to_end_sgd(
         check_gradients: raise ``ValueError`` naming ``grads[i]`` and its shape if a gradient
             has NaN/inf entries (before anything is changed).
         low_rank: the gradients as ``(Delta, X)`` products (:func:`end_to_end_direction`);
-            ignored under weight decay (``g + wd W`` is not of that form).
+            ignored under coupled weight decay (``g + wd W`` is not of that form).
+        decoupled_weight_decay: decay the weights, not the gradient (see above).
     """
     _validate.positive(lr, "lr")
     _check_momentum(momentum)
@@ -254,7 +277,8 @@ def end_to_end_sgd(
         )
     if check_gradients:
         _check_finite(grads, lambda i: f"`grads[{i}]` (shape {tuple(grads[i].shape)})")
-    if weight_decay != 0.0:
+    coupled = weight_decay != 0.0 and not decoupled_weight_decay
+    if coupled:
         grads = [g.add(p.detach(), alpha=weight_decay) for p, g in zip(params, grads, strict=True)]
         low_rank = None
     directions = end_to_end_direction(
@@ -271,7 +295,14 @@ def end_to_end_sgd(
                 else:
                     buf.mul_(momentum).add_(d)
                 d = buf
+            if weight_decay != 0.0 and not coupled:
+                p.mul_(1.0 - lr * weight_decay)
             p.add_(d, alpha=-lr)
+
+
+def _coupled_decay(group: dict[str, Any]) -> bool:
+    """Whether the group adds ``wd W`` to the gradient (which then has no low-rank form)."""
+    return group["weight_decay"] != 0.0 and not group["decoupled_weight_decay"]
 
 
 def _check_group(group: dict[str, Any]) -> None:
@@ -281,6 +312,7 @@ def _check_group(group: dict[str, Any]) -> None:
         "momentum": _check_momentum,
         "weight_decay": lambda v: _validate.positive(v, "weight_decay", allow_zero=True),
         "precondition_every": _check_every,
+        "decoupled_weight_decay": _check_flag,
         "eps": lambda v: _validate.positive(v, "eps", allow_zero=True),
         "factorization": _check_method,
     }
@@ -340,6 +372,9 @@ class EndToEndSGD(torch.optim.Optimizer):
         depth: depth ``N >= 1`` (real values allowed).
         momentum: momentum factor in ``[0, 1)``.
         weight_decay: L2 coefficient ``>= 0``.
+        decoupled_weight_decay: apply ``weight_decay`` to the weights
+            (``W <- (1 - lr wd) W``, as AdamW and Muon do) instead of adding ``wd W`` to the
+            gradient before preconditioning; keeps :meth:`capture`'s low-rank route.
         precondition_every: refresh the cached SVD of each matrix every this many of its steps
             (``1``: the exact rule; the default amortizes, see the module docstring).
         eps: floor on the singular values, null directions included (``0``: the exact rule).  At
@@ -377,6 +412,7 @@ class EndToEndSGD(torch.optim.Optimizer):
         precondition_every: int = DEFAULT_PRECONDITION_EVERY,
         eps: float = DEFAULT_EPS,
         factorization: str = "auto",
+        decoupled_weight_decay: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -386,6 +422,7 @@ class EndToEndSGD(torch.optim.Optimizer):
             "precondition_every": precondition_every,
             "eps": eps,
             "factorization": factorization,
+            "decoupled_weight_decay": decoupled_weight_decay,
         }
         _check_group(defaults)
         if isinstance(params, (Tensor, dict)) or not isinstance(params, Iterable):
@@ -410,6 +447,7 @@ class EndToEndSGD(torch.optim.Optimizer):
             group.setdefault("precondition_every", 1)
             group.setdefault("eps", 0.0)
             group.setdefault("factorization", "auto")
+            group.setdefault("decoupled_weight_decay", False)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``torch.optim.Optimizer.load_state_dict``, keeping the float32 cache of half-precision
@@ -480,7 +518,7 @@ class EndToEndSGD(torch.optim.Optimizer):
     def _rows_limit(self, p: Tensor) -> int:
         """The most rows for which the low-rank route costs fewer multiply-adds (0: never)."""
         group = self._group_of(p)
-        if group is None or p.dim() != 2 or group["weight_decay"] != 0.0:
+        if group is None or p.dim() != 2 or _coupled_decay(group):
             return 0
         depth = float(group["depth"])
         if depth == 1.0 or depth != int(depth) or depth > 64:
@@ -500,7 +538,7 @@ class EndToEndSGD(torch.optim.Optimizer):
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]
     ) -> list[LowRank | None] | None:
         captured = self._low_rank
-        if captured is None or group["weight_decay"] != 0.0:
+        if captured is None or _coupled_decay(group):
             return None
         return [
             captured.take(p, g) if p.dim() == 2 else None
@@ -541,6 +579,7 @@ class EndToEndSGD(torch.optim.Optimizer):
                 depth=group["depth"],
                 momentum=group["momentum"],
                 weight_decay=group["weight_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
                 eps=group["eps"],
                 factorizations=cache,
                 method=group["factorization"],
