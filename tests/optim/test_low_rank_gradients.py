@@ -22,13 +22,13 @@ from overparam.optim import EndToEndSGD
 def spy(monkeypatch):
     """Counts the rows of every low-rank application (one entry per call)."""
     calls: list[int] = []
-    real = e2e.precondition_low_rank
+    real = e2e.low_rank_factors
 
     def counted(U, s, V, left, right, depth, eps=0.0):
         calls.append(int(left.shape[-2]))
         return real(U, s, V, left, right, depth, eps)
 
-    monkeypatch.setattr(e2e, "precondition_low_rank", counted)
+    monkeypatch.setattr(e2e, "low_rank_factors", counted)
     return calls
 
 
@@ -279,3 +279,10 @@ def test_old_checkpoints_load_without_the_decoupled_key(gen):
     assert all(g["decoupled_weight_decay"] is False for g in fresh.param_groups)
     with pytest.raises(ValueError, match=r"`decoupled_weight_decay` must be a bool, got 1"):
         EndToEndSGD(net.parameters(), lr=0.05, depth=2, decoupled_weight_decay=1)
+
+
+def test_without_momentum_the_direction_is_added_to_the_weights_in_the_product(gen, spy):
+    net = _net(gen)
+    low = _train(net, True, momentum=0.0)
+    assert len(spy) == 16
+    assert torch.allclose(low, _train(net, False, momentum=0.0), atol=1e-11, rtol=0)

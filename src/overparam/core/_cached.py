@@ -189,6 +189,15 @@ def precondition_low_rank(
     Returns:
         The direction, ``(..., m, n)``: :func:`precondition_cached` of ``left^T right``.
     """
+    L, R = low_rank_factors(U, s, V, left, right, depth, eps)
+    return L.mT @ R
+
+
+def low_rank_factors(
+    U: Tensor, s: Tensor, V: Tensor, left: Tensor, right: Tensor, depth: int, eps: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """``(L, R)`` of :func:`precondition_low_rank`, ``(..., N B, m)`` and ``(..., N B, n)``:
+    the direction is ``L^T R``, left unformed (an optimizer adds it into its buffer)."""
     n = int(depth)
     s = s.clamp_min(eps)
     left_basis, right_basis = left @ U, right @ V
@@ -196,7 +205,7 @@ def precondition_low_rank(
     rights = [
         _power_rows(right, right_basis, V, s, eps, 2.0 * (j - 1) / n) for j in range(1, n + 1)
     ]
-    return torch.cat(lefts, dim=-2).mT @ torch.cat(rights, dim=-2)
+    return torch.cat(lefts, dim=-2), torch.cat(rights, dim=-2)
 
 
 def _power_rows(X: Tensor, XV: Tensor, V: Tensor, s: Tensor, eps: float, power: float) -> Tensor:

@@ -53,9 +53,9 @@ from overparam.core._cached import (
     Factorization,
     application_multiply_adds,
     cached_factorization,
+    low_rank_factors,
     low_rank_multiply_adds,
     precondition_cached,
-    precondition_low_rank,
 )
 from overparam.optim._capture import Handles, LowRank, LowRankGradients
 
@@ -173,6 +173,28 @@ def end_to_end_direction(
     Returns:
         The update directions, in the order of ``params`` (each in its parameter's dtype).
     """
+    directions = _directions(params, grads, depth, eps, factorizations, method, low_rank)
+    return [_formed(d, p) for d, p in zip(directions, params, strict=True)]
+
+
+def _formed(direction: Tensor | LowRank, p: Tensor) -> Tensor:
+    """A direction as a tensor of ``p``'s shape and dtype (``(L, R)``: ``L^T R``)."""
+    if isinstance(direction, Tensor):
+        return direction
+    L, R = direction
+    return (L.mT @ R).reshape(p.shape).to(p.dtype)
+
+
+def _directions(
+    params: list[Tensor],
+    grads: list[Tensor],
+    depth: float,
+    eps: float,
+    factorizations: list[Factorization | None] | None,
+    method: str,
+    low_rank: list[LowRank | None] | None,
+) -> list[Tensor | LowRank]:
+    """:func:`end_to_end_direction` with low-rank directions left as ``(L, R)``."""
     if len(params) != len(grads):
         raise ValueError(f"`grads` must have one entry per param ({len(params)}), got {len(grads)}")
     if factorizations is not None and len(factorizations) != len(params):
@@ -188,7 +210,7 @@ def end_to_end_direction(
         raise ValueError(
             f"`low_rank` must have one entry per param ({len(params)}), got {len(factored)}"
         )
-    out: list[Tensor] = list(grads)
+    out: list[Tensor | LowRank] = list(grads)
     if n == 1.0:
         return out
     buckets: dict[tuple[Any, ...], list[int]] = defaultdict(list)
@@ -215,10 +237,12 @@ def end_to_end_direction(
             U, s, V = (_stack([cache[i][j] for i in idx]) for j in range(3))  # type: ignore[index]
         if rows is not None:
             left, right = (_stack([factored[i][j] for i in idx]).to(compute) for j in range(2))  # type: ignore[index]
-            D = precondition_low_rank(U, s, V, left, right, int(n), eps)
-        else:
-            G = _stack([grads[i].reshape(shape[0], -1) for i in idx]).to(compute)
-            D = precondition_cached(U, s, V, G, n, eps)
+            L, R = low_rank_factors(U, s, V, left, right, int(n), eps)
+            for k, i in enumerate(idx):
+                out[i] = (L[k], R[k])  # the direction L^T R, formed by the caller
+            continue
+        G = _stack([grads[i].reshape(shape[0], -1) for i in idx]).to(compute)
+        D = precondition_cached(U, s, V, G, n, eps)
         for k, i in enumerate(idx):
             out[i] = D[k].reshape(shape).to(dtype)
     return out
@@ -281,28 +305,36 @@ def end_to_end_sgd(
     if coupled:
         grads = [g.add(p.detach(), alpha=weight_decay) for p, g in zip(params, grads, strict=True)]
         low_rank = None
-    directions = end_to_end_direction(
-        params, grads, depth, eps=eps, factorizations=factorizations, method=method,
-        low_rank=low_rank,
-    )  # fmt: skip
+    directions = _directions(params, grads, depth, eps, factorizations, method, low_rank)
     with torch.no_grad():
         for i, (p, d) in enumerate(zip(params, directions, strict=True)):
-            if momentum != 0.0:
-                buf = momentum_buffers[i]
-                if buf is None:
-                    buf = torch.clone(d).detach()
-                    momentum_buffers[i] = buf
-                else:
-                    buf.mul_(momentum).add_(d)
-                d = buf
             if weight_decay != 0.0 and not coupled:
                 p.mul_(1.0 - lr * weight_decay)
-            p.add_(d, alpha=-lr)
+            if not (isinstance(d, Tensor) or (p.dim() == 2 and d[0].dtype == p.dtype)):
+                d = _formed(d, p)  # a low-rank direction is added inside the product if it can
+            if momentum == 0.0:
+                _add_direction(p, d, -lr)
+                continue
+            buf = momentum_buffers[i]
+            if buf is None:
+                momentum_buffers[i] = buf = _formed(d, p).detach().clone()
+            else:
+                buf.mul_(momentum)
+                _add_direction(buf, d, 1.0)
+            p.add_(buf, alpha=-lr)
 
 
 def _coupled_decay(group: dict[str, Any]) -> bool:
     """Whether the group adds ``wd W`` to the gradient (which then has no low-rank form)."""
     return group["weight_decay"] != 0.0 and not group["decoupled_weight_decay"]
+
+
+def _add_direction(target: Tensor, d: Tensor | LowRank, alpha: float) -> None:
+    """``target += alpha d``; a low-rank ``d = L^T R`` is added inside the product (``addmm_``)."""
+    if isinstance(d, Tensor):
+        target.add_(d, alpha=alpha)
+    else:
+        target.addmm_(d[0].mT, d[1], alpha=alpha)
 
 
 def _check_group(group: dict[str, Any]) -> None:
