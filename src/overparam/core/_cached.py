@@ -24,13 +24,11 @@ thin SVD), ``"qr"`` (QR of the long side, then an SVD of the ``r x r`` factor), 
 condition number, so singular values below ``sqrt(max(m, n) eps_dtype) s_max`` are lost and
 taken as zero) and ``"auto"``: ``"svd"`` when the aspect ratio is at most 1.25, else ``"gram"``
 for every matrix whose condition number is at most ``GRAM_CONDITION = 30`` and ``"qr"`` for the
-others.  Measured on a float32 512 x 3136 matrix, one thread: svd 241 ms, qr 130 ms, gram 66 ms;
-relative error of the depth-2 direction against float64: 1.4e-6 to 1.7e-6 for all three at
-condition number 10 and for svd/qr at 1e3, but 1.9e-2 for gram at 1e3.  On 256 x 1568 (depths 2
-and 3) gram's error stays within 1.5x of qr's (1.1e-6 to 1.8e-6) up to condition number 30 and
-jumps to 9e-3 at 100, where singular values fall below its resolution: hence the threshold
-(``benchmarks/bench_end_to_end.py`` prints the table).  A refresh every ``k`` steps divides the
-cost by ``k``.
+others.  Measured on a float32 512 x 3136 matrix, one thread (``benchmarks/bench_end_to_end.py``):
+svd 237 ms, qr 96 ms, gram 44 ms; relative error of the depth-2 direction against float64
+1.4e-6 to 2.4e-6 for all three up to condition number 30 and for svd/qr up to 1e3 (3.7e-4 at
+1e5), but 1.6e-2 for gram from 100 on, where singular values fall below its resolution: hence
+the threshold.  A refresh every ``k`` steps divides the cost by ``k``.
 
 Reference: Arora, Cohen & Hazan, "On the optimization of deep networks: implicit acceleration
 by overparameterization", ICML 2018, Theorem 1; Vyas et al., "SOAP: Improving and Stabilizing
