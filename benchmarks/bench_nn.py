@@ -258,6 +258,7 @@ def e2e_macs(model: nn.Module, positions: dict[str, tuple[int, bool]], low_rank:
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> None:
+    torch.manual_seed(0)  # the layers' initialization (the data come from ``gen``)
     gen = torch.Generator().manual_seed(0)
     base, (x, y), loss_fn, extra = build(name, gen)
     base, x, y = base.to(device), x.to(device), y.to(device)
