@@ -11,9 +11,11 @@ condition number 10, 1e3 and 1e5 (singular values log-spaced, random orthogonal 
 Table 2, the trajectory gap of the amortized rule: a tanh MLP 20-16-6 on 64 points (float64,
 full batch, depth 2, no floor), trained for time ``t = 4`` (``4 / lr`` steps) with
 ``precondition_every = k`` and with ``k = 1`` (exact); the gap is
-``max_t |theta_k(t) - theta_1(t)| / |theta_1(T)|``.  ``tracked`` recomputes the singular values
-in the frozen basis at every step (``diag(U^T W V)``, one more product per step), the
-alternative that :class:`overparam.optim.EndToEndSGD` does not take.
+``max_t |theta_k(t) - theta_1(t)| / |theta_1(T)|``.  Rows: ``frozen``, both sides of the SVD
+stored (``factorization="svd"``); ``follows W``, the Gram route's cache (``U`` and ``s``; the
+long side taken from the current ``W``, as ``"auto"`` does for lopsided well-conditioned
+matrices); ``sv-track``, both sides frozen and the singular values recomputed in that basis at
+every step (``diag(U^T W V)``, one more product per step), an alternative not taken.
 
 Table 3, the choice of the default ``precondition_every``: the source's MNIST ConvNet at batch
 64 (the model of ``bench_nn.py``), EndToEndSGD's step time relative to SGD's and its gap to the
@@ -68,7 +70,7 @@ def factorization_table(shapes: list[tuple[int, int]], repeats: int) -> None:
             print(f"{f'{m}x{n}':>12s} {method:>6s} {statistics.median(times[1:]):8.2f}{cells}")
 
 
-class _Tracked(EndToEndSGD):
+class _SingularValues(EndToEndSGD):
     """Frozen basis, singular values ``diag(U^T W V)`` of the current ``W`` (for comparison)."""
 
     def _cached(self, p: Tensor, every: int):  # type: ignore[no-untyped-def]
@@ -80,7 +82,9 @@ class _Tracked(EndToEndSGD):
         return U, ((U.mT @ W) * V.mT).sum(-1).clamp_min(0), V
 
 
-def trajectory(cls: type[EndToEndSGD], every: int, lr: float, horizon: float = 4.0) -> Tensor:
+def trajectory(
+    cls: type[EndToEndSGD], every: int, lr: float, method: str = "svd", horizon: float = 4.0
+) -> Tensor:
     """Parameters after every step of an MLP regression trained with ``cls``."""
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(64, 20, generator=gen, dtype=torch.float64)
@@ -89,7 +93,7 @@ def trajectory(cls: type[EndToEndSGD], every: int, lr: float, horizon: float = 4
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
-    opt = cls(net.parameters(), lr=lr, depth=2, precondition_every=every, eps=0.0)
+    opt = cls(net.parameters(), lr=lr, depth=2, precondition_every=every, eps=0.0, factorization=method)  # fmt: skip
     out = []
     for _ in range(round(horizon / lr)):
         opt.zero_grad()
@@ -100,15 +104,16 @@ def trajectory(cls: type[EndToEndSGD], every: int, lr: float, horizon: float = 4
 
 
 def gap_table(ks: list[int], lrs: list[float]) -> None:
-    print(f"\n{'lr':>6s} {'rule':>8s}" + "".join(f" {'k=' + str(k):>9s}" for k in ks))
+    print(f"\n{'lr':>6s} {'rule':>10s}" + "".join(f" {'k=' + str(k):>9s}" for k in ks))
+    rules = (("frozen", EndToEndSGD, "svd"), ("follows W", EndToEndSGD, "gram"), ("sv-track", _SingularValues, "svd"))  # fmt: skip
     for lr in lrs:
         exact = trajectory(EndToEndSGD, 1, lr)
-        for name, cls in (("frozen", EndToEndSGD), ("tracked", _Tracked)):
+        for name, cls, method in rules:
             gaps = [
-                float((trajectory(cls, k, lr) - exact).norm(dim=1).max() / exact[-1].norm())
+                float((trajectory(cls, k, lr, method) - exact).norm(dim=1).max() / exact[-1].norm())
                 for k in ks
             ]
-            print(f"{lr:6.3f} {name:>8s}" + "".join(f" {g:9.2e}" for g in gaps))
+            print(f"{lr:6.3f} {name:>10s}" + "".join(f" {g:9.2e}" for g in gaps))
 
 
 def every_table(ks: list[int], repeats: int, steps: int) -> None:
@@ -119,6 +124,7 @@ def every_table(ks: list[int], repeats: int, steps: int) -> None:
     the gap to ``k = 1`` after ``steps`` steps."""
     from bench_nn import build, e2e_run, optimizers, timed  # the sibling benchmark's pieces
 
+    torch.manual_seed(0)  # the layers' initialization, as in bench_nn.py
     base, (x, y), loss_fn, _ = build("convnet-64", torch.Generator().manual_seed(0))
     fns = {}
     for k in [0, *ks]:  # 0: plain SGD

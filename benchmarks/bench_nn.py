@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from overparam.core._cached import application_multiply_adds, low_rank_multiply_adds
+from overparam.core._cached import application_multiply_adds
+from overparam.core._low_rank import low_rank_multiply_adds
 from overparam.nn import collapse, overparameterize
 from overparam.nn._factorized import Factorized
 from overparam.optim import EndToEndSGD
@@ -245,15 +246,17 @@ ROWS = ("sgd", "adamw", "muon", "over-sgd-2", "over-sgd-3", "e2e-exact", "e2e-k"
 def e2e_macs(model: nn.Module, positions: dict[str, tuple[int, bool]], low_rank: bool) -> int:
     """Multiply-adds of applying the depth-2 preconditioner to every ``nn.Linear`` weight: the
     low-rank route where :meth:`EndToEndSGD.capture` takes it (``B`` rows at most the break-even
-    count), the dense one elsewhere."""
+    count), the dense one elsewhere; a lopsided weight counted with its long side through ``W``
+    (the Gram route, taken while its condition number is at most 30) and its recorded outputs."""
     total = 0
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear):
             m, n = mod.weight.shape
-            dense = application_multiply_adds(m, n, 2)
+            tracked = 4 * max(m, n) > 5 * min(m, n)  # the Gram route: the long side through W
+            dense = application_multiply_adds(m, n, 2, tracked)
             rows = positions[name][0]
-            fits = low_rank and rows <= (dense - 1) // low_rank_multiply_adds(m, n, 1, 2)
-            total += low_rank_multiply_adds(m, n, rows, 2) if fits else dense
+            fits = low_rank and rows <= (dense - 1) // low_rank_multiply_adds(m, n, 1, 2, tracked)
+            total += low_rank_multiply_adds(m, n, rows, 2, tracked) if fits else dense
     return total
 
 

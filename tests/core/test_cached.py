@@ -1,10 +1,12 @@
-"""The cached-factorization form of the preconditioner against core ``precondition``."""
+"""The cached-factorization form of the preconditioner against core ``precondition``, and the
+refresh whose long side follows the current weight."""
 
 import pytest
 import torch
 
 from overparam import precondition
 from overparam.core import cached_factorization, precondition_cached, precondition_coefficients
+from overparam.core._cached import precondition_refreshed, refresh_factorization
 
 
 def _matrices(shape, gen):
@@ -95,3 +97,82 @@ def test_auto_takes_gram_only_where_it_is_accurate(gen):
     for k, route in enumerate(("gram", "qr", "gram")):
         for a, b in zip(auto, cached_factorization(stack[k], route), strict=True):
             assert torch.allclose(a[k], b, atol=1e-13, rtol=0)
+
+
+def _stale(W, gen):
+    """``W`` moved by a 10% random step: a weight some steps after its refresh."""
+    return W + 0.1 * torch.randn(W.shape, generator=gen, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (6, 5), (4, 17), (17, 4), (6, 6), (3, 20)])
+@pytest.mark.parametrize("depth", [1, 2, 3, 2.5])
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_refresh_without_the_long_side_is_the_exact_rule_at_the_refresh(gen, shape, depth, eps):
+    """The Gram route leaves the long side out; applied with the same ``W`` the operator is
+    ``precondition_cached`` of the full factorization (1e-12: both are float64 products of the
+    same ``U`` and ``s``, any rank)."""
+    for W in _matrices(shape, gen).values():
+        G = torch.randn(shape, generator=gen, dtype=torch.float64)
+        factors = refresh_factorization(W, "gram")
+        long = factors[2] if shape[0] <= shape[1] else factors[0]
+        assert long is None
+        out = precondition_refreshed(factors, W, G, depth, eps)
+        ref = precondition_cached(*cached_factorization(W, "gram"), G, depth, eps)
+        assert torch.allclose(out, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 6), (6, 5), (4, 17), (17, 4), (3, 20), (20, 3)])
+@pytest.mark.parametrize("depth", [2, 3, 2.5])
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+def test_between_refreshes_the_long_side_follows_the_weight(gen, shape, depth, eps):
+    """A moved ``W``: the operator equals ``precondition_cached`` with the long side formed
+    naively from it, ``V = W^T U diag(1/s)`` (``U = W V diag(1/s)`` for a tall ``W``), zero
+    columns where ``s <= eps``; shapes on both sides of ``n = 2 m`` (two association orders)."""
+    m, n = shape
+    W = torch.randn(shape, generator=gen, dtype=torch.float64)
+    W[..., 0] *= 0.2 if m <= n else 1.0  # a singular value near the floor 0.3 for one case
+    U, s, V = cached_factorization(W, "svd")
+    moved = _stale(W, gen)
+    inv = torch.tensor([1.0 / v if v > eps else 0.0 for v in s.tolist()], dtype=torch.float64)
+    if m <= n:
+        factors, naive = (U, s, None), (U, s, moved.mT @ U @ torch.diag(inv))
+    else:
+        factors, naive = (None, s, V), (moved @ V @ torch.diag(inv), s, V)
+    G = torch.randn(shape, generator=gen, dtype=torch.float64)
+    out = precondition_refreshed(factors, moved, G, depth, eps)
+    assert torch.allclose(out, precondition_cached(*naive, G, depth, eps), atol=1e-12, rtol=0)
+    frozen = precondition_refreshed((U, s, V), moved, G, depth, eps)  # both sides stored
+    assert torch.allclose(frozen, precondition_cached(U, s, V, G, depth, eps), atol=0, rtol=0)
+    assert not torch.allclose(out, frozen, atol=1e-3)
+
+
+def test_a_long_side_that_only_rotated_gets_the_exact_operator(gen):
+    """``W' = W R`` with ``R`` orthogonal (the row space rotated, the Gram matrix unchanged): the
+    refresh of ``W`` applied to ``W'`` is ``precondition(W')``; the frozen one is not."""
+    W = torch.randn(4, 11, generator=gen, dtype=torch.float64)
+    R = torch.linalg.qr(torch.randn(11, 11, generator=gen, dtype=torch.float64))[0]
+    G = torch.randn(4, 11, generator=gen, dtype=torch.float64)
+    for depth in (2, 3):
+        exact = precondition(W @ R, G, depth)
+        tracked = precondition_refreshed(refresh_factorization(W, "gram"), W @ R, G, depth)
+        frozen = precondition_refreshed(cached_factorization(W, "gram"), W @ R, G, depth)
+        assert torch.allclose(tracked, exact, atol=1e-10, rtol=0)
+        assert not torch.allclose(frozen, exact, atol=1e-2)
+
+
+def test_refresh_stores_both_sides_off_the_gram_route(gen):
+    """``"auto"``: the Gram route (lopsided, condition <= 30) leaves the long side out; square or
+    ill-conditioned matrices keep both sides (applied frozen), in a batch too."""
+    from overparam.core._cached import GRAM_CONDITION
+
+    good = torch.randn(4, 40, generator=gen, dtype=torch.float64)  # condition ~ 1.9
+    bad = good.clone()
+    bad[0] *= 1e-3
+    assert float(torch.linalg.cond(good)) < GRAM_CONDITION < float(torch.linalg.cond(bad))
+    assert refresh_factorization(good)[2] is None and refresh_factorization(good.mT)[0] is None
+    assert all(f is not None for f in refresh_factorization(bad))
+    assert all(f is not None for f in refresh_factorization(torch.randn(5, 5, generator=gen)))
+    U, s, V = refresh_factorization(torch.stack([good, bad]))  # mixed: both sides for all
+    assert V is not None
+    for k, W in enumerate((good, bad)):
+        assert torch.allclose((U[k] * s[k]) @ V[k].mT, W, atol=1e-10)

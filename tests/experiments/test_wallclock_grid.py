@@ -160,6 +160,6 @@ def test_other_optimizers_have_no_hooks():
 
 
 def test_the_version_is_bumped_past_the_first_stored_results(tmp_path):
-    assert prepare_run("time-to-target", "quick", out=tmp_path).kind == "time-to-target@v2"
+    assert prepare_run("time-to-target", "quick", out=tmp_path).kind == "time-to-target@v3"
     piece = exp.piece_config(dict(exp.QUICK), "mlp", "e2e-2", 0.01, 0)
-    assert piece["version"] == 3 and "lr_extend" not in piece  # the grid rule is no piece's key
+    assert piece["version"] == 4 and "lr_extend" not in piece  # the grid rule is no piece's key

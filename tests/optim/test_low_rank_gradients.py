@@ -8,13 +8,6 @@ import torch
 from torch import nn
 
 import overparam.optim._end_to_end_sgd as e2e
-from overparam.core._cached import (
-    application_multiply_adds,
-    cached_factorization,
-    low_rank_multiply_adds,
-    precondition_cached,
-    precondition_low_rank,
-)
 from overparam.optim import EndToEndSGD
 
 
@@ -24,9 +17,9 @@ def spy(monkeypatch):
     calls: list[int] = []
     real = e2e.low_rank_factors
 
-    def counted(U, s, V, left, right, depth, eps=0.0):
+    def counted(factors, W, left, right, depth, eps=0.0, outputs=None):
         calls.append(int(left.shape[-2]))
-        return real(U, s, V, left, right, depth, eps)
+        return real(factors, W, left, right, depth, eps, outputs)
 
     monkeypatch.setattr(e2e, "low_rank_factors", counted)
     return calls
@@ -56,28 +49,6 @@ def _train(net, capture, steps=8, batch=4, accumulate=1, touch=None, seed=0, **k
             touch(net)
         opt.step()
     return torch.cat([p.detach().flatten() for p in net.parameters()])
-
-
-@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (6, 6)])
-@pytest.mark.parametrize("depth", [1, 2, 3, 4])
-@pytest.mark.parametrize("eps", [0.0, 0.3])
-def test_low_rank_application_is_the_dense_one(gen, shape, depth, eps):
-    """float64, any rank (two zero columns), floored or not: ``precondition_cached(D^T X)``."""
-    m, n = shape
-    W = torch.randn(m, n, generator=gen, dtype=torch.float64)
-    W[:, :2] = 0.0
-    D = torch.randn(2, 3, m, generator=gen, dtype=torch.float64)  # batched, B = 3 rows
-    X = torch.randn(2, 3, n, generator=gen, dtype=torch.float64)
-    U, s, V = cached_factorization(torch.stack([W, 2 * W]), "svd")
-    dense = precondition_cached(U, s, V, D.mT @ X, depth, eps)
-    assert torch.allclose(precondition_low_rank(U, s, V, D, X, depth, eps), dense, atol=1e-12)
-
-
-def test_multiply_adds_of_the_two_routes():
-    """At small B the low-rank route is far cheaper; at large B the dense one is."""
-    m, n = 512, 3136
-    assert low_rank_multiply_adds(m, n, 64, 2) * 5 < application_multiply_adds(m, n, 2)
-    assert low_rank_multiply_adds(m, n, 4096, 2) > application_multiply_adds(m, n, 2)
 
 
 @pytest.mark.parametrize("depth", [2, 3])
@@ -239,9 +210,19 @@ def test_direction_refuses_mismatched_pairs(gen):
     good = (torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64))
     out = end_to_end_direction([W], [good[0].T @ good[1]], 2, low_rank=[good])[0]
     assert torch.allclose(out, end_to_end_direction([W], [good[0].T @ good[1]], 2)[0], atol=1e-12)
+    Y = good[1] @ W.mT
+    with_outputs = end_to_end_direction([W], [good[0].T @ good[1]], 2, low_rank=[(*good, Y)])[0]
+    assert torch.allclose(with_outputs, out, atol=1e-12)
     bad = (torch.randn(3, 4, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"`low_rank\[0\]` must be \(Delta, X\) of shapes \(B, 4\) and \(B, 6\).*got \(3, 4\) and \(2, 6\)"):  # fmt: skip
+    shapes = r"shapes \(B, 4\), \(B, 6\) and \(B, 4\) for a parameter of shape \(4, 6\)"
+    with pytest.raises(ValueError, match=rf"`low_rank\[0\]` must be \(Delta, X\) or \(Delta, X, Y = X W\^T\) of {shapes}, got \(3, 4\) and \(2, 6\)"):  # fmt: skip
         end_to_end_direction([W], [G], 2, low_rank=[bad])
+    with pytest.raises(ValueError, match=rf"{shapes}, got \(3, 4\) and \(3, 6\) and \(3, 6\)"):
+        end_to_end_direction([W], [G], 2, low_rank=[(*good, good[1])])
+    with pytest.raises(ValueError, match=r"`low_rank\[0\]` must be a tuple \(Delta, X\) or \(Delta, X, Y\)"):  # fmt: skip
+        end_to_end_direction([W], [G], 2, low_rank=[good[0]])
+    with pytest.raises(ValueError, match=r"`low_rank\[0\]` must hold tensors, got \['Tensor', 'list'\]"):  # fmt: skip
+        end_to_end_direction([W], [G], 2, low_rank=[(good[0], [1.0])])
     with pytest.raises(ValueError, match=r"`low_rank` must have one entry per param \(1\), got 2"):
         end_to_end_direction([W], [G], 2, low_rank=[good, good])
 
@@ -286,3 +267,46 @@ def test_without_momentum_the_direction_is_added_to_the_weights_in_the_product(g
     low = _train(net, True, momentum=0.0)
     assert len(spy) == 16
     assert torch.allclose(low, _train(net, False, momentum=0.0), atol=1e-11, rtol=0)
+
+
+def _wide_run(capture, touch=None, calls=None, steps=6):
+    """A 6 x 40 layer (lopsided, well conditioned: the Gram route, its long side through W)."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(40, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    opt = EndToEndSGD(net.parameters(), lr=0.05, depth=2, momentum=0.9, precondition_every=3)
+    if capture:
+        opt.capture(net)
+    data = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        opt.zero_grad()
+        net(torch.randn(4, 40, generator=data, dtype=torch.float64)).sin().sum().backward()
+        if touch is not None:
+            touch(net)
+        opt.step()
+    assert "basis_v" not in opt.state[net[0].weight]  # the long side follows W
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def test_recorded_outputs_stand_in_for_the_product_with_the_weight(monkeypatch):
+    """Capture records ``X W^T`` (the output less its bias) and the step uses it; for a weight
+    changed in place after the forward pass (its version counter moved) ``X W^T`` is formed
+    again.  Both trajectories equal the dense route's (1e-11, float64)."""
+    outputs: list[bool] = []
+    real = e2e.low_rank_factors
+
+    def spied(factors, W, left, right, depth, eps=0.0, outputs_=None):
+        if W.shape[-2:] == (6, 40):
+            outputs.append(outputs_ is not None)
+        return real(factors, W, left, right, depth, eps, outputs_)
+
+    monkeypatch.setattr(e2e, "low_rank_factors", spied)
+
+    def nudge(net):
+        with torch.no_grad():
+            net[0].weight.mul_(1.001)
+
+    for touch, used in ((None, True), (nudge, False)):
+        outputs.clear()
+        low = _wide_run(True, touch)
+        assert outputs == [used] * 6
+        assert torch.allclose(low, _wide_run(False, touch), atol=1e-11, rtol=0)

@@ -1,6 +1,11 @@
 """The pure mathematics every other part of overparam calls."""
 
-from overparam.core._cached import cached_factorization, precondition_cached
+from overparam.core._cached import (
+    cached_factorization,
+    precondition_cached,
+    precondition_tracked,
+    refresh_factorization,
+)
 from overparam.core.factorization import balanced_factors, imbalance, numerical_rank, product
 from overparam.core.losses import lp_gradient, lp_loss, lp_loss_of_matrix, lp_residual_gradient
 from overparam.core.precondition import (
@@ -27,6 +32,8 @@ __all__ = [
     "precondition_cached",
     "precondition_coefficients",
     "precondition_inverse",
+    "precondition_tracked",
     "product",
+    "refresh_factorization",
     "single_output_precondition",
 ]

@@ -30,6 +30,14 @@ svd 237 ms, qr 96 ms, gram 44 ms; relative error of the depth-2 direction agains
 1e5), but 1.6e-2 for gram from 100 on, where singular values fall below its resolution: hence
 the threshold.  A refresh every ``k`` steps divides the cost by ``k``.
 
+Between refreshes, :func:`refresh_factorization` keeps only the short side when the Gram route
+is taken (it forms the long side from ``W`` anyway, ``V = W^T U diag(1/s)``), and
+:func:`precondition_tracked` forms it from the current ``W`` at the time of use (never
+explicitly when ``n > 2 m``: ``3 m^2 n + 3 m^3`` multiply-adds at depth 2, ``3 m^2 n + 5 m^3``
+otherwise; below that ``V`` is formed, ``m^2 n`` more than :func:`precondition_cached`).  At the
+refresh the two agree with the exact rule; later, the short side's basis and singular values are
+frozen while the long side follows ``W``.  :func:`precondition_refreshed` applies either cache.
+
 Reference: Arora, Cohen & Hazan, "On the optimization of deep networks: implicit acceleration
 by overparameterization", ICML 2018, Theorem 1; Vyas et al., "SOAP: Improving and Stabilizing
 Shampoo using Adam", 2024 (amortized refreshes of a preconditioner's basis).
@@ -43,6 +51,7 @@ from torch import Tensor
 from overparam.core.precondition import precondition_coefficients
 
 Factorization = tuple[Tensor, Tensor, Tensor]
+Refresh = tuple[Tensor | None, Tensor, Tensor | None]  # (U, s, V), the long side possibly None
 METHODS = ("auto", "svd", "qr", "gram")
 GRAM_CONDITION = 30.0  # "auto" keeps "gram" up to this condition number (see the module docstring)
 
@@ -62,15 +71,45 @@ def cached_factorization(W: Tensor, method: str = "auto") -> Factorization:
     Returns:
         ``(U, s, V)`` of shapes ``(..., m, r)``, ``(..., r)``, ``(..., n, r)``; ``s`` descending.
     """
+    U, s, V = _oriented(W, method, track=False)
+    assert U is not None and V is not None
+    return U, s, V
+
+
+def refresh_factorization(W: Tensor, method: str = "auto") -> Refresh:
+    """:func:`cached_factorization`, with the long side left out (``None``) where the Gram
+    route is taken: :func:`precondition_refreshed` then takes it from the current ``W``.
+
+    The Gram route forms the long side from ``W`` anyway (``V = W^T U diag(1/s)``); leaving it
+    to the time of use saves one ``m n r`` product per refresh and lets it follow ``W``.  The
+    other routes (and ``"auto"`` on a matrix of condition number above ``GRAM_CONDITION``)
+    return both sides, applied frozen.
+
+    Returns:
+        ``(U, s, V)`` as :func:`cached_factorization`'s, with ``V`` (``m <= n``) or ``U``
+        (``m > n``) ``None`` under the Gram route.
+    """
+    return _oriented(W, method, track=True)
+
+
+def _oriented(W: Tensor, method: str, track: bool) -> Refresh:
+    """:func:`_factorize` of ``W`` or, for a tall ``W``, of ``W^T`` with the sides swapped."""
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    if W.shape[-2] > W.shape[-1]:
+        short, s, long = _factorize(W.mT, method, track)
+        return long, s, short
+    short, s, long = _factorize(W, method, track)
+    return short, s, long
+
+
+def _factorize(W: Tensor, method: str, track: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(U, s, V)`` of a wide ``W`` (``m <= n``); ``V`` is ``None`` under the Gram route when
+    ``track``."""
     m, n = W.shape[-2], W.shape[-1]
-    if m > n:
-        V, s, U = cached_factorization(W.mT, method)
-        return U, s, V
     if method == "auto":
         if 4 * n > 5 * m:
-            return _checked_gram(W)
+            return _checked_gram(W, track)
         method = "svd"
     eps = torch.finfo(W.dtype).eps
     if method == "svd":
@@ -85,24 +124,35 @@ def cached_factorization(W: Tensor, method: str = "auto") -> Factorization:
         e, U = e.flip(-1), U.flip(-1)
         tol = n * eps * e[..., :1]
         s = torch.where(e > tol, e, torch.zeros_like(e)).sqrt()
-        inv = torch.where(s > 0, s.reciprocal(), torch.zeros_like(s))
-        return U, s, (W.mT @ U) * inv.unsqueeze(-2)
+        return U, s, None if track else _long_side(W, U, s)
     tol = n * eps * s[..., :1]
     return U, torch.where(s > tol, s, torch.zeros_like(s)), V
 
 
-def _checked_gram(W: Tensor) -> Factorization:
+def _long_side(W: Tensor, U: Tensor, s: Tensor) -> Tensor:
+    """``V = W^T U diag(1/s)`` (zero columns for ``s = 0``), from a wide ``W``'s ``U`` and ``s``."""
+    return (W.mT @ U) * _inverse(s, 0.0).unsqueeze(-2)
+
+
+def _inverse(s: Tensor, eps: float) -> Tensor:
+    """``1 / s`` where ``s > eps``, 0 elsewhere (no inf, so no ``0 * inf``)."""
+    return torch.where(s > eps, s.reciprocal(), torch.zeros_like(s))
+
+
+def _checked_gram(W: Tensor, track: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """``"gram"`` for every matrix whose singular values all lie within ``GRAM_CONDITION`` of the
-    largest (full rank), ``"qr"`` for the others (``m <= n``)."""
-    U, s, V = cached_factorization(W, "gram")
+    largest (full rank), ``"qr"`` for the others (``m <= n``; a stack with both gets both
+    sides for all)."""
+    U, s, V = _factorize(W, "gram", track)
     good = (s[..., -1] > 0) & (GRAM_CONDITION * s[..., -1] >= s[..., 0])
     if bool(good.all()):
         return U, s, V
     if W.dim() == 2:
-        return cached_factorization(W, "qr")
+        return _factorize(W, "qr", track)
     redo = ~good
-    U, s, V = U.clone(), s.clone(), V.clone()
-    U[redo], s[redo], V[redo] = cached_factorization(W[redo], "qr")
+    V = _long_side(W, U, s) if V is None else V.clone()
+    U, s = U.clone(), s.clone()
+    U[redo], s[redo], V[redo] = _factorize(W[redo], "qr", False)  # type: ignore[assignment]
     return U, s, V
 
 
@@ -151,70 +201,74 @@ def _add_product(C: Tensor, A: Tensor, B: Tensor) -> Tensor:
     return C + A @ B
 
 
-def application_multiply_adds(m: int, n: int, depth: float) -> int:
-    """Multiply-adds of one :func:`precondition_cached` call on an ``m x n`` matrix."""
-    r, k = min(m, n), max(m, n)
-    if float(depth) == 2.0:
-        return 3 * r * r * k + r**3
-    return 4 * r * r * k if k <= 3 * r else 3 * r * r * k + 3 * r**3
-
-
-def precondition_low_rank(
-    U: Tensor, s: Tensor, V: Tensor, left: Tensor, right: Tensor, depth: int, eps: float = 0.0
+def precondition_tracked(
+    basis: Tensor, s: Tensor, W: Tensor, G: Tensor, depth: float, eps: float = 0.0
 ) -> Tensor:
-    """``A_{N,W}(G)`` for a gradient given as the product ``G = left^T right`` (integer ``N``).
+    """``A_{N,W}(G)`` from the short side's ``(basis, s)`` of a refresh and the current ``W``.
 
-    A layer's weight gradient over ``B`` input rows is ``G = Delta^T X`` (``Delta`` the output
-    gradients, ``X`` the inputs: rank at most ``B``).  Term by term,
+    For ``m <= n`` the cache holds ``U`` and ``s``; the long side's singular vectors are taken
+    from the current weight, ``V = W^T U diag(s)^-1`` (columns with ``s <= eps`` are null
+    directions and get the floor's coefficient), and the operator is
+    :func:`precondition_cached` ``(U, s, V, G)``.  With the factorization of the current ``W``
+    this is the exact rule; with an older one the short side's basis and singular values are
+    frozen while ``V`` follows ``W`` (a weight that only rotated on its long side gets the
+    exact operator).  ``m > n``: the same for ``W^T``, with ``basis = V``.
 
-        A_{N,W}(G) = sum_j P_j Delta^T X Q_j = L^T R,
-        L = [Delta P_1; ...; Delta P_N],   R = [X Q_1; ...; X Q_N],
-
-    with ``P_j = (W W^T)^((N-j)/N)`` and ``Q_j = (W^T W)^((j-1)/N)`` for the floored ``W`` of
-    :func:`precondition_cached` (singular values ``max(s, eps)``, null directions ``eps``):
-    ``X Q = (X V) diag(max(s, eps)^q - eps^q) V^T + eps^q X``.  Cost ``N B (r (m + n) + m n)``
-    multiply-adds (:func:`low_rank_multiply_adds`) instead of :func:`application_multiply_adds`
-    on the dense ``G``: far less when ``B`` is small against ``m`` and ``n``.
+    ``V`` is never formed when ``n > 2 m``: ``G V = (G W^T) U diag(1/s)`` and
+    ``K V^T = (K diag(1/s) U^T) W`` (see :func:`application_multiply_adds`).
 
     Args:
-        U, s, V: the factorization (:func:`cached_factorization`), ``(..., m, r)``, ``(..., r)``,
-            ``(..., n, r)``.
-        left: ``Delta``, ``(..., B, m)``.
-        right: ``X``, ``(..., B, n)``.
-        depth: integer ``N >= 1``.
-        eps: the floor on the singular values (``>= 0``).
+        basis: ``U`` (``(..., m, r)``) for ``m <= n``, else ``V`` (``(..., n, r)``)
+            (:func:`small_side_factorization`).
+        s: singular values, ``(..., r)``.
+        W: the current matrix, ``(..., m, n)``.
+        G: the direction, ``(..., m, n)``.
+        depth: ``N >= 1``.
+        eps: floor on every singular value, null directions included (``>= 0``).
 
     Returns:
-        The direction, ``(..., m, n)``: :func:`precondition_cached` of ``left^T right``.
+        The preconditioned direction, shape of ``G``.
     """
-    L, R = low_rank_factors(U, s, V, left, right, depth, eps)
-    return L.mT @ R
+    m, n = G.shape[-2], G.shape[-1]
+    if m > n:
+        return precondition_tracked(basis, s, W.mT, G.mT, depth, eps).mT
+    U, inv = basis, _inverse(s, eps).unsqueeze(-2)
+    if n <= 2 * m:
+        return precondition_cached(U, s, (W.mT @ U) * inv, G, depth, eps)
+    floored = s.clamp_min(eps)
+    c = precondition_coefficients(floored, torch.full_like(floored, eps), depth)
+    GV = ((G @ W.mT) @ U) * inv
+    if float(depth) == 2.0:  # as in precondition_cached: B o X = X diag(s - eps)
+        K = GV * (floored - eps).unsqueeze(-2)
+    else:
+        a = precondition_coefficients(floored.unsqueeze(-1), floored.unsqueeze(-2), depth)
+        K = U @ ((a - c.unsqueeze(-1)) * (U.mT @ GV))
+    left = (U * c.unsqueeze(-2)) @ U.mT
+    return _add_product(left @ G, (K * inv) @ U.mT, W)
 
 
-def low_rank_factors(
-    U: Tensor, s: Tensor, V: Tensor, left: Tensor, right: Tensor, depth: int, eps: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """``(L, R)`` of :func:`precondition_low_rank`, ``(..., N B, m)`` and ``(..., N B, n)``:
-    the direction is ``L^T R``, left unformed (an optimizer adds it into its buffer)."""
-    n = int(depth)
-    s = s.clamp_min(eps)
-    left_basis, right_basis = left @ U, right @ V
-    lefts = [_power_rows(left, left_basis, U, s, eps, 2.0 * (n - j) / n) for j in range(1, n + 1)]
-    rights = [
-        _power_rows(right, right_basis, V, s, eps, 2.0 * (j - 1) / n) for j in range(1, n + 1)
-    ]
-    return torch.cat(lefts, dim=-2), torch.cat(rights, dim=-2)
+def application_multiply_adds(m: int, n: int, depth: float, tracked: bool = False) -> int:
+    """Multiply-adds of one :func:`precondition_cached` call on an ``m x n`` matrix, or of
+    :func:`precondition_tracked` (``tracked``)."""
+    r, k = min(m, n), max(m, n)
+    if tracked and k > 2 * r:
+        return 3 * r * r * k + (3 if float(depth) == 2.0 else 5) * r**3
+    if float(depth) == 2.0:
+        cached = 3 * r * r * k + r**3
+    else:
+        cached = 4 * r * r * k if k <= 3 * r else 3 * r * r * k + 3 * r**3
+    return cached + (r * r * k if tracked else 0)
 
 
-def _power_rows(X: Tensor, XV: Tensor, V: Tensor, s: Tensor, eps: float, power: float) -> Tensor:
-    """``X (V diag(s^p) V^T + eps^p (I - V V^T))`` from ``XV = X V`` (``p = 0``: ``X``)."""
-    if power == 0.0:
-        return X
-    floor = eps**power
-    out = (XV * (s.pow(power) - floor).unsqueeze(-2)) @ V.mT
-    return out + floor * X if floor != 0.0 else out
-
-
-def low_rank_multiply_adds(m: int, n: int, rows: int, depth: int) -> int:
-    """Multiply-adds of one :func:`precondition_low_rank` call (``rows`` = ``B``)."""
-    return int(depth) * rows * (min(m, n) * (m + n) + m * n)
+def precondition_refreshed(
+    factors: Refresh, W: Tensor, G: Tensor, depth: float, eps: float = 0.0
+) -> Tensor:
+    """``A_{N,W}(G)`` from a :func:`refresh_factorization`: :func:`precondition_cached` when
+    both sides were stored, :func:`precondition_tracked` with the current ``W`` when the long
+    side was left out."""
+    U, s, V = factors
+    if U is not None and V is not None:
+        return precondition_cached(U, s, V, G, depth, eps)
+    basis = U if W.shape[-2] <= W.shape[-1] else V
+    assert basis is not None
+    return precondition_tracked(basis, s, W, G, depth, eps)

@@ -4,7 +4,7 @@ The gradient of a linear layer's weight over ``B`` input rows (batch times token
 ``G = Delta^T X``: ``X`` the ``B x n`` inputs, ``Delta`` the ``B x m`` gradients of the outputs.
 Kronecker-factored methods (K-FAC, Martens & Grosse 2015) record the same two factors with module
 hooks.  With them the end-to-end preconditioner costs ``N B (r (m + n) + m n)`` multiply-adds
-(:func:`overparam.core._cached.precondition_low_rank`) instead of about ``3 m^2 n`` on the dense
+(:func:`overparam.core._low_rank.precondition_low_rank`) instead of about ``3 m^2 n`` on the dense
 gradient, which is what makes :class:`overparam.optim.EndToEndSGD` cheap at small batch.
 
 :class:`LowRankGradients` holds, per weight, the ``(X, Delta)`` pairs of the backward passes since
@@ -15,6 +15,13 @@ clipping or ``GradScaler.unscale_`` apply).  Anything else that changed the grad
 set after ``model.zero_grad()``, a weight shared with another layer, DDP's all-reduce, an added
 penalty) fails the check, and the dense gradient is used instead: the low-rank form is an exact
 shortcut, never an approximation.
+
+For a weight with ``m <= n`` the layer's output less its bias, ``Y = X W^T``, is recorded too:
+when the cached factorization's long side follows ``W`` (:mod:`overparam.core._low_rank`) the
+step needs exactly that product.  It is used only if the weight's version counter has not moved
+since the forward pass, the test autograd itself applies to the tensors it saves: a weight
+changed in place in between (by another optimizer, a projection, ``load_state_dict``) gets
+``X W^T`` formed again.  (Like autograd's, the test cannot see writes through ``.data``.)
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-LowRank = tuple[Tensor, Tensor]  # (Delta, X): G = Delta^T X
+LowRank = tuple[Tensor, ...]  # (Delta, X) or (Delta, X, Y): G = Delta^T X, Y = X W^T
 
 
 @dataclass
@@ -35,6 +42,8 @@ class _Pairs:
 
     inputs: list[Tensor] = field(default_factory=list)
     grads: list[Tensor] = field(default_factory=list)
+    outputs: list[Tensor] = field(default_factory=list)  # X W^T, for a weight with m <= n
+    versions: set[int] = field(default_factory=set)  # the weight's version at those forwards
     rows: int = 0
     overflow: bool = False  # more rows than the low-rank route pays for: not recorded
 
@@ -88,10 +97,23 @@ class LowRankGradients:
             return
         entry.rows += rows
         inputs = x.detach().reshape(rows, -1)
+        outputs, version = None, weight._version
+        if weight.shape[0] <= weight.shape[1]:  # the long side goes through X W^T
+            outputs = output.detach().reshape(rows, -1)
+            bias = module._parameters.get("bias")
+            outputs = outputs - bias.detach() if isinstance(bias, Tensor) else outputs
 
-        def hook(grad: Tensor, inputs: Tensor = inputs, entry: _Pairs = entry) -> None:
+        def hook(
+            grad: Tensor,
+            inputs: Tensor = inputs,
+            outputs: Tensor | None = outputs,
+            entry: _Pairs = entry,
+        ) -> None:
             entry.inputs.append(inputs)
             entry.grads.append(grad.detach().reshape(inputs.shape[0], -1))
+            if outputs is not None:
+                entry.outputs.append(outputs)
+                entry.versions.add(version)
 
         output.register_hook(hook)
 
@@ -100,24 +122,33 @@ class LowRankGradients:
         self.pairs.clear()
 
     def take(self, weight: Tensor, grad: Tensor) -> LowRank | None:
-        """``(Delta, X)`` with ``Delta^T X == grad`` (checked), or ``None`` (use ``grad``)."""
+        """``(Delta, X)`` with ``Delta^T X == grad`` (checked), or ``None`` (use ``grad``); with
+        ``Y = X W^T`` as a third entry where it was recorded and ``weight`` has not changed in
+        place since (its version counter, as autograd checks its saved tensors)."""
         entry = self.pairs.get(weight)
         if entry is None or entry.overflow or not entry.inputs:
             return None
-        X = entry.inputs[0] if len(entry.inputs) == 1 else torch.cat(entry.inputs)
-        D = entry.grads[0] if len(entry.grads) == 1 else torch.cat(entry.grads)
+        X = _joined(entry.inputs)
+        D = _joined(entry.grads)
         if X.shape[0] != D.shape[0] or D.shape[1] != grad.shape[0]:
             return None
         alpha = self._scale(grad, D, X)
-        return None if alpha is None else (D * alpha if alpha != 1.0 else D, X)
+        if alpha is None:
+            return None
+        D = D * alpha if alpha != 1.0 else D
+        if len(entry.outputs) != len(entry.inputs) or entry.versions != {weight._version}:
+            return D, X  # the weight changed in place since a forward pass: X W^T is formed again
+        return D, X, _joined(entry.outputs)
+
+    def _random(self, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        if device not in self.generator:
+            self.generator[device] = torch.Generator(device).manual_seed(0)
+        return torch.randn(size, generator=self.generator[device], device=device, dtype=dtype)
 
     def _scale(self, grad: Tensor, D: Tensor, X: Tensor) -> float | None:
         """``alpha`` with ``grad v = alpha D^T (X v)`` to ``tolerance`` on a random ``v``."""
-        device = grad.device
-        if device not in self.generator:
-            self.generator[device] = torch.Generator(device).manual_seed(0)
         work = torch.promote_types(torch.float32, grad.dtype)
-        v = torch.randn(grad.shape[1], generator=self.generator[device], device=device, dtype=work)
+        v = self._random(grad.shape[1], grad.device, work)
         gv = grad.to(work) @ v
         hv = D.to(work).mT @ (X.to(work) @ v)
         norm = float(hv.dot(hv))
@@ -127,6 +158,10 @@ class LowRankGradients:
         tolerance = _tolerance(grad.dtype, D.dtype, X.dtype)
         residual = float((gv - alpha * hv).norm())
         return alpha if residual <= tolerance * float(gv.norm()) else None
+
+
+def _joined(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _tolerance(*dtypes: torch.dtype) -> float:

@@ -11,23 +11,36 @@ dimensions; a conv kernel is read as the matrix ``out x (in * k ...)``) and plai
 (biases, norms).  Structure follows ``torch.optim.SGD``.
 
 Amortization (``precondition_every=k``, as Shampoo and SOAP amortize their preconditioners): the
-thin SVD ``W = U diag(s) V^T`` is computed at every ``k``-th step of a parameter and cached in its
-state (``basis_u``, ``singular_values``, ``basis_v``); the steps in between apply the operator of
-the cached ``W`` (basis, singular values and coefficients all frozen:
-:func:`overparam.core.precondition_cached`), which costs matrix products only (``3 m^2 n + m^3``
-multiply-adds at depth 2 for ``m <= n``).  ``k = 1`` is the exact rule.  The gap to the exact
-trajectory grows like ``lr (k - 1)`` (a stale operator of age ``j`` errs by ``O(lr j)``);
-``tests/optim/test_end_to_end_amortized.py`` fits both slopes and
-``benchmarks/bench_end_to_end.py`` prints the gap table.  Tracking the singular values in the
-frozen basis (``diag(U^T W V)``) would shrink that gap by a measured 1.4x-1.9x for one more
-``m x n x r`` product per step (a third of the depth-2 cost); a smaller ``k`` buys the same.
+thin SVD ``W = U diag(s) V^T`` is computed at every ``k``-th step of a parameter (and earlier once
+``||W||_F`` has moved by ``REFRESH_DRIFT = 10%`` from the cached ``||s||``, as a weight growing
+from a small initialization does) and cached in its state (``basis_u``, ``singular_values``,
+``basis_v``).  ``k = 1`` is the exact rule.  The steps in between apply the cached operator:
+
+* both sides stored (a square or ill-conditioned ``W``): basis, singular values and
+  coefficients all frozen (:func:`overparam.core.precondition_cached`);
+* a lopsided, well-conditioned ``W`` (the Gram route of ``factorization="auto"``, ``m <= n``):
+  only ``U`` and ``s`` are stored; the long side is taken from the current weight,
+  ``V = W^T U diag(1/s)``, the Gram route's own formula used at the time of use
+  (:func:`overparam.core.precondition_tracked`).  The refresh saves one ``m n r`` product, a
+  weight that only rotated on its long side gets the exact operator, and with
+  :meth:`EndToEndSGD.capture` the product ``X W^T`` is the layer's recorded output.  (``m > n``:
+  the same with the sides swapped.)
+
+The gap to the exact trajectory grows like ``lr (k - 1)`` (a stale operator of age ``j`` errs by
+``O(lr j)``); ``tests/optim/test_end_to_end_amortized.py`` fits both slopes for both caches
+and ``benchmarks/bench_end_to_end.py`` prints the gap tables.  Measured there: the long side
+following ``W`` has a 4.7x-5.0x smaller gap than the frozen one on the test's regression, and on
+the source's MNIST ConvNet at batch 64 the gap after 30 steps (lr 0.01) is 4.3e-2 at both
+k = 10 and k = 20 (the frozen cache's was 4.7e-2 at k = 10), for a step 1.34x / 1.30x SGD's:
+hence the default ``k = 20``.
 
 Low-rank gradients (:meth:`EndToEndSGD.capture`): the gradient of an ``nn.Linear`` weight over
 ``B`` input rows is ``Delta^T X`` (output gradients times inputs, rank ``<= B``); with the two
 factors recorded by forward hooks, as K-FAC records them, the operator costs
-``N B (r (m + n) + m n)`` multiply-adds instead of about ``3 m^2 n``
-(:func:`overparam.core._cached.precondition_low_rank`), the same direction to rounding.  At
-small batch this is the step's main cost: ``benchmarks/bench_nn.py`` prints both routes.
+``N B (r (m + n) + m n)`` multiply-adds (``2 N B r^2 + (2 N - 1) B m n`` with the long side
+through ``W``) instead of about ``3 m^2 n`` (:mod:`overparam.core._low_rank`), the same
+direction to rounding.  At small batch this is the step's main cost: ``benchmarks/bench_nn.py``
+prints both routes.
 
 Precision: bfloat16/float16 parameters are preconditioned in float32 (factorization, cache and
 direction) and updated in their own dtype; momentum buffers have the parameter's dtype.
@@ -50,23 +63,39 @@ from torch import Tensor, nn
 from overparam import _validate
 from overparam.core._cached import (
     METHODS,
-    Factorization,
+    Refresh,
     application_multiply_adds,
-    cached_factorization,
-    low_rank_factors,
-    low_rank_multiply_adds,
-    precondition_cached,
+    precondition_refreshed,
+    refresh_factorization,
 )
+from overparam.core._low_rank import low_rank_factors, low_rank_multiply_adds
 from overparam.optim._capture import Handles, LowRank, LowRankGradients
 
 _CACHE_KEYS = ("basis_u", "singular_values", "basis_v")
-DEFAULT_PRECONDITION_EVERY = 10
+DEFAULT_PRECONDITION_EVERY = 20
 DEFAULT_EPS = 1e-3
+REFRESH_DRIFT = 0.1  # a refresh comes early once ||W||_F moved by 10% (see the module docstring)
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
     """``torch.stack``, as a view (no copy) for a single tensor."""
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _drifted(W: Tensor, s: Tensor) -> bool:
+    """Whether some ``||W||_F`` moved by more than ``REFRESH_DRIFT`` from the ``||s||`` of its
+    factorization (a weight growing from a small initialization, say)."""
+    now, then = torch.linalg.matrix_norm(W), torch.linalg.vector_norm(s, dim=-1)
+    return bool(((now - then).abs() > REFRESH_DRIFT * then).any())
+
+
+def _stack_optional(tensors: list[Tensor | None]) -> Tensor | None:
+    """:func:`_stack`, or ``None`` for a list of ``None`` (a long side that was left out)."""
+    return None if tensors[0] is None else _stack(tensors)  # type: ignore[arg-type]
+
+
+def _row(t: Tensor | None, k: int) -> Tensor | None:
+    return None if t is None else t[k]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -129,16 +158,25 @@ def _first_non_finite(tensors: list[Tensor], indices: list[int]) -> int | None:
 
 
 def _check_pair(pair: LowRank, p: Tensor, i: int) -> int:
-    """The row count ``B`` of ``low_rank[i] = (Delta, X)``: ``(B, m)`` and ``(B, n)`` for the
-    ``m x n`` matrix ``p``."""
-    D, X = pair
-    m, n = p.shape[0], p[0].numel()
-    if D.dim() != 2 or X.dim() != 2 or D.shape != (X.shape[0], m) or X.shape[1] != n:
+    """The row count ``B`` of ``low_rank[i] = (Delta, X[, Y])``: ``(B, m)``, ``(B, n)`` and
+    ``(B, m)`` for the ``m x n`` matrix ``p``."""
+    if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
+        raise ValueError(f"`low_rank[{i}]` must be a tuple (Delta, X) or (Delta, X, Y)")
+    if not all(isinstance(t, Tensor) for t in pair):
         raise ValueError(
-            f"`low_rank[{i}]` must be (Delta, X) of shapes (B, {m}) and (B, {n}) for a parameter "
-            f"of shape {tuple(p.shape)}, got {tuple(D.shape)} and {tuple(X.shape)}"
+            f"`low_rank[{i}]` must hold tensors, got {[type(t).__name__ for t in pair]}"
         )
-    return int(X.shape[0])
+    X = pair[1]
+    m, n = p.shape[0], p[0].numel()
+    shapes = [tuple(t.shape) for t in pair]
+    rows = X.shape[0] if X.dim() == 2 else -1
+    if shapes != [(rows, m), (rows, n), (rows, m)][: len(pair)]:
+        raise ValueError(
+            f"`low_rank[{i}]` must be (Delta, X) or (Delta, X, Y = X W^T) of shapes (B, {m}), "
+            f"(B, {n}) and (B, {m}) for a parameter of shape {tuple(p.shape)}, got "
+            + " and ".join(str(s) for s in shapes)
+        )
+    return int(rows)
 
 
 def end_to_end_direction(
@@ -147,7 +185,7 @@ def end_to_end_direction(
     depth: float,
     *,
     eps: float = 0.0,
-    factorizations: list[Factorization | None] | None = None,
+    factorizations: list[Refresh | None] | None = None,
     method: str = "auto",
     low_rank: list[LowRank | None] | None = None,
 ) -> list[Tensor]:
@@ -161,14 +199,17 @@ def end_to_end_direction(
         grads: their gradients (same shapes).
         depth: the depth ``N >= 1`` of the emulated overparameterization.
         eps: floor on the singular values (:func:`overparam.core.precondition_cached`).
-        factorizations: optional cache, one entry per parameter: a ``(U, s, V)`` to apply, or
-            ``None`` to factorize the current ``W`` (the result is stored in the list).  Without
-            it every matrix is factorized (the exact rule).
-        method: the factorization (:func:`overparam.core.cached_factorization`).
+        factorizations: optional cache, one entry per parameter: the ``(U, s, V)`` of an
+            earlier ``W`` (its long side possibly ``None``, then taken from the current ``W``:
+            :func:`overparam.core._cached.precondition_refreshed`), or ``None`` to factorize the
+            current ``W`` (the result is stored in the list).  Without it every matrix is
+            factorized (the exact rule).
+        method: the factorization (:func:`overparam.core._cached.refresh_factorization`).
         low_rank: optional, one entry per parameter: ``(Delta, X)`` with ``G = Delta^T X``
-            (a 2-D weight's gradient over ``B`` rows), applied in that form
-            (:func:`overparam.core._cached.precondition_low_rank`) at an integer depth; ``None``
-            entries (and real depths) use ``G``.
+            (a 2-D weight's gradient over ``B`` rows), or ``(Delta, X, Y)`` with the layer's
+            outputs without bias ``Y = X W^T`` (saves one ``B m n`` product), applied in that
+            form (:func:`overparam.core._low_rank.precondition_low_rank`) at an integer depth;
+            ``None`` entries (and real depths) use ``G``.
 
     Returns:
         The update directions, in the order of ``params`` (each in its parameter's dtype).
@@ -190,7 +231,7 @@ def _directions(
     grads: list[Tensor],
     depth: float,
     eps: float,
-    factorizations: list[Factorization | None] | None,
+    factorizations: list[Refresh | None] | None,
     method: str,
     low_rank: list[LowRank | None] | None,
 ) -> list[Tensor | LowRank]:
@@ -204,7 +245,7 @@ def _directions(
         )
     n = _validate.depth(depth)
     _validate.positive(eps, "eps", allow_zero=True)
-    cache: list[Factorization | None] = factorizations or [None] * len(params)
+    cache: list[Refresh | None] = factorizations or [None] * len(params)
     factored = low_rank if low_rank is not None and n == int(n) else [None] * len(params)
     if len(factored) != len(params):
         raise ValueError(
@@ -219,30 +260,38 @@ def _directions(
             _validate.same_shape(p, g, "param", "grad")
             pair = factored[i]
             rows = None if pair is None else _check_pair(pair, p, i)
-            buckets[(tuple(p.shape), p.dtype, p.device, cache[i] is None, rows)].append(i)
-    for (shape, dtype, _, fresh, rows), idx in buckets.items():
+            kind = None if cache[i] is None else tuple(f is None for f in cache[i])  # type: ignore[union-attr]
+            buckets[(tuple(p.shape), p.dtype, p.device, kind, rows)].append(i)
+    for (shape, dtype, _, kind, rows), idx in buckets.items():
         compute = _compute_dtype(dtype)
-        if fresh:
-            W = _stack([params[i].detach().reshape(shape[0], -1) for i in idx]).to(compute)
+        W = _stack([params[i].detach().reshape(shape[0], -1) for i in idx]).to(compute)
+        if kind is not None and _drifted(W, _stack([cache[i][1] for i in idx])):  # type: ignore[index]
+            kind = None  # refreshed early
+        if kind is None:
             bad = None if bool(torch.isfinite(W.sum())) else _first_non_finite(params, idx)
             if bad is not None:
                 raise ValueError(
                     f"`params[{bad}]` (shape {tuple(shape)}) contains NaN or infinite entries: "
                     "its singular basis cannot be refreshed"
                 )
-            U, s, V = cached_factorization(W, method)
+            U, s, V = refresh_factorization(W, method)
             for k, i in enumerate(idx):
-                cache[i] = (U[k], s[k], V[k])
+                cache[i] = (_row(U, k), s[k], _row(V, k))
         else:
-            U, s, V = (_stack([cache[i][j] for i in idx]) for j in range(3))  # type: ignore[index]
+            U, s, V = (_stack_optional([cache[i][j] for i in idx]) for j in range(3))  # type: ignore[index, assignment]
+        factors: Refresh = (U, s, V)  # type: ignore[assignment]
         if rows is not None:
-            left, right = (_stack([factored[i][j] for i in idx]).to(compute) for j in range(2))  # type: ignore[index]
-            L, R = low_rank_factors(U, s, V, left, right, int(n), eps)
+            pairs = [factored[i] for i in idx]
+            left, right = (_stack([pair[j] for pair in pairs]).to(compute) for j in range(2))  # type: ignore[index]
+            outputs = None
+            if all(len(pair) == 3 for pair in pairs):  # type: ignore[arg-type]
+                outputs = _stack([pair[2] for pair in pairs]).to(compute)  # type: ignore[index, misc]
+            L, R = low_rank_factors(factors, W, left, right, int(n), eps, outputs)
             for k, i in enumerate(idx):
                 out[i] = (L[k], R[k])  # the direction L^T R, formed by the caller
             continue
         G = _stack([grads[i].reshape(shape[0], -1) for i in idx]).to(compute)
-        D = precondition_cached(U, s, V, G, n, eps)
+        D = precondition_refreshed(factors, W, G, n, eps)
         for k, i in enumerate(idx):
             out[i] = D[k].reshape(shape).to(dtype)
     return out
@@ -258,7 +307,7 @@ def end_to_end_sgd(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     eps: float = 0.0,
-    factorizations: list[Factorization | None] | None = None,
+    factorizations: list[Refresh | None] | None = None,
     method: str = "auto",
     check_gradients: bool = True,
     low_rank: list[LowRank | None] | None = None,
@@ -318,9 +367,10 @@ def end_to_end_sgd(
             buf = momentum_buffers[i]
             if buf is None:
                 momentum_buffers[i] = buf = _formed(d, p).detach().clone()
+            elif isinstance(d, Tensor):
+                buf.mul_(momentum).add_(d)
             else:
-                buf.mul_(momentum)
-                _add_direction(buf, d, 1.0)
+                buf.addmm_(d[0].mT, d[1], beta=momentum)  # one pass over the buffer
             p.add_(buf, alpha=-lr)
 
 
@@ -407,8 +457,9 @@ class EndToEndSGD(torch.optim.Optimizer):
         decoupled_weight_decay: apply ``weight_decay`` to the weights
             (``W <- (1 - lr wd) W``, as AdamW and Muon do) instead of adding ``wd W`` to the
             gradient before preconditioning; keeps :meth:`capture`'s low-rank route.
-        precondition_every: refresh the cached SVD of each matrix every this many of its steps
-            (``1``: the exact rule; the default amortizes, see the module docstring).
+        precondition_every: refresh the cached SVD of each matrix every this many of its steps,
+            or earlier when its norm drifts (``1``: the exact rule; the default amortizes, see
+            the module docstring).
         eps: floor on the singular values, null directions included (``0``: the exact rule).  At
             ``W = 0`` the rule gives ``A_{N,0} = 0`` for ``N > 1``, so a zero-initialized weight
             would never move; with the floor it moves by ``N eps^(2(N-1)/N)`` times its
@@ -494,9 +545,10 @@ class EndToEndSGD(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
         for index, entry in saved.items():
+            p, state = params[index], self.state[params[index]]
             for key in _CACHE_KEYS:
                 if key in entry:
-                    self.state[params[index]][key] = entry[key].to(device=params[index].device)
+                    state[key] = entry[key].to(device=p.device)
 
     def _gather(self) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
         """Each group with its parameters that have gradients; all gradients checked finite."""
@@ -555,9 +607,10 @@ class EndToEndSGD(torch.optim.Optimizer):
         depth = float(group["depth"])
         if depth == 1.0 or depth != int(depth) or depth > 64:
             return 0
-        m, n = p.shape
-        per_row = low_rank_multiply_adds(m, n, 1, int(depth))
-        return max(0, (application_multiply_adds(m, n, depth) - 1) // per_row)
+        m, n = p.shape  # lopsided: the Gram route, whose long side goes through W (if conditioned)
+        tracked = 4 * max(m, n) > 5 * min(m, n) and group["factorization"] in ("auto", "gram")
+        per_row = low_rank_multiply_adds(m, n, 1, int(depth), tracked)
+        return max(0, (application_multiply_adds(m, n, depth, tracked) - 1) // per_row)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``torch.optim.Optimizer.zero_grad``, also forgetting the captured gradient pairs."""
@@ -577,12 +630,13 @@ class EndToEndSGD(torch.optim.Optimizer):
             for p, g in zip(params, grads, strict=True)
         ]
 
-    def _cached(self, p: Tensor, every: int) -> Factorization | None:
-        """The cached ``(U, s, V)`` of ``p``, or ``None`` when a refresh is due."""
+    def _cached(self, p: Tensor, every: int) -> Refresh | None:
+        """The cached ``(U, s, V)`` of ``p`` (the long side possibly ``None``), or ``None`` when a
+        refresh is due."""
         state = self.state[p]
-        if p.dim() < 2 or state.get("step", 0) % every == 0 or "basis_u" not in state:
+        if p.dim() < 2 or state.get("step", 0) % every == 0 or "singular_values" not in state:
             return None
-        return state["basis_u"], state["singular_values"], state["basis_v"]
+        return state.get("basis_u"), state["singular_values"], state.get("basis_v")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -623,7 +677,11 @@ class EndToEndSGD(torch.optim.Optimizer):
                 if group["momentum"] != 0.0:
                     state["momentum_buffer"] = buf
                 if factors is not None:
-                    state.update(zip(_CACHE_KEYS, factors, strict=True))
+                    for key, value in zip(_CACHE_KEYS, factors, strict=True):
+                        if value is None:
+                            state.pop(key, None)  # the long side follows the current W
+                        else:
+                            state[key] = value
                 state["step"] = state.get("step", 0) + 1
         captured = self._low_rank
         if captured is not None:
