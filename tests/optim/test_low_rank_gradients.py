@@ -269,22 +269,33 @@ def test_without_momentum_the_direction_is_added_to_the_weights_in_the_product(g
     assert torch.allclose(low, _train(net, False, momentum=0.0), atol=1e-11, rtol=0)
 
 
-def _wide_run(capture, touch=None, calls=None, steps=6):
-    """A 6 x 40 layer (lopsided, well conditioned: the Gram route, its long side through W)."""
+def _wide_run(capture, touch=None, calls=None, steps=6, tall=False):
+    """A 6 x 40 layer (lopsided, well conditioned: the Gram route, its long side through W), or
+    a 40 x 6 one (``tall``: ``U`` follows ``W``)."""
     torch.manual_seed(5)
-    net = nn.Sequential(nn.Linear(40, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    layers = (nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 3)) if tall else (nn.Linear(40, 6), nn.Tanh(), nn.Linear(6, 3))  # fmt: skip
+    net = nn.Sequential(*layers).double()
     opt = EndToEndSGD(net.parameters(), lr=0.05, depth=2, momentum=0.9, precondition_every=3)
     if capture:
         opt.capture(net)
     data = torch.Generator().manual_seed(0)
     for _ in range(steps):
         opt.zero_grad()
-        net(torch.randn(4, 40, generator=data, dtype=torch.float64)).sin().sum().backward()
+        width = 6 if tall else 40
+        net(torch.randn(4, width, generator=data, dtype=torch.float64)).sin().sum().backward()
         if touch is not None:
             touch(net)
         opt.step()
-    assert "basis_v" not in opt.state[net[0].weight]  # the long side follows W
+    assert ("basis_u" if tall else "basis_v") not in opt.state[net[0].weight]  # follows W
     return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def test_a_tall_layer_with_its_long_side_through_the_weight(gen, spy):
+    """40 x 6: the low-rank route forms ``Delta W`` itself (no outputs are recorded for it) and
+    gives the dense route's trajectory (1e-11)."""
+    low = _wide_run(True, tall=True)
+    assert spy.count(4) >= 6  # the 40 x 6 layer took it at every step
+    assert torch.allclose(low, _wide_run(False, tall=True), atol=1e-11, rtol=0)
 
 
 def test_recorded_outputs_stand_in_for_the_product_with_the_weight(monkeypatch):
