@@ -321,3 +321,46 @@ def test_recorded_outputs_stand_in_for_the_product_with_the_weight(monkeypatch):
         low = _wide_run(True, touch)
         assert outputs == [used] * 6
         assert torch.allclose(low, _wide_run(False, touch), atol=1e-11, rtol=0)
+
+
+class _Shifted(nn.Linear):
+    """A subclass whose output is not ``x W^T + b`` (as a LoRA-style layer's is not)."""
+
+    def forward(self, x):
+        return super().forward(x) + 0.5 * x[..., : self.out_features]
+
+
+@pytest.mark.parametrize("case", ["subclass", "earlier hook"])
+def test_outputs_that_are_not_x_w_t_are_not_recorded(case, monkeypatch):
+    """A subclass's forward, or a forward hook registered before ``capture`` that replaces the
+    output: ``X W^T`` is formed instead of read from the output, and the trajectory is the dense
+    route's (the gradient check absorbs the hook's rescaling)."""
+    outputs: list[bool] = []
+    real = e2e.low_rank_factors
+
+    def spied(factors, W, left, right, depth, eps=0.0, outputs_=None):
+        if W.shape[-2:] == (6, 40):
+            outputs.append(outputs_ is not None)
+        return real(factors, W, left, right, depth, eps, outputs_)
+
+    monkeypatch.setattr(e2e, "low_rank_factors", spied)
+
+    def run(capture):
+        torch.manual_seed(5)
+        first = _Shifted(40, 6) if case == "subclass" else nn.Linear(40, 6)
+        net = nn.Sequential(first, nn.Tanh(), nn.Linear(6, 3)).double()
+        if case == "earlier hook":
+            net[0].register_forward_hook(lambda module, args, out: 2.0 * out)
+        opt = EndToEndSGD(net.parameters(), lr=0.05, depth=2, momentum=0.9, precondition_every=3)
+        if capture:
+            opt.capture(net)
+        data = torch.Generator().manual_seed(0)
+        for _ in range(6):
+            opt.zero_grad()
+            net(torch.randn(4, 40, generator=data, dtype=torch.float64)).sin().sum().backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    low = run(True)
+    assert outputs == [False] * 6  # the low-rank route, with X W^T formed
+    assert torch.allclose(low, run(False), atol=1e-11, rtol=0)

@@ -16,7 +16,8 @@ set after ``model.zero_grad()``, a weight shared with another layer, DDP's all-r
 penalty) fails the check, and the dense gradient is used instead: the low-rank form is an exact
 shortcut, never an approximation.
 
-For a weight with ``m <= n`` the layer's output less its bias, ``Y = X W^T``, is recorded too:
+For a weight with ``m <= n`` of a plain ``nn.Linear`` (its own forward, no other forward hook
+before this one) the layer's output less its bias, ``Y = X W^T``, is recorded too:
 when the cached factorization's long side follows ``W`` (:mod:`overparam.core._low_rank`) the
 step needs exactly that product.  It is used only if the weight's version counter has not moved
 since the forward pass, the test autograd itself applies to the tensors it saves: a weight
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import _global_forward_hooks
 from torch.utils.hooks import RemovableHandle
 
 LowRank = tuple[Tensor, ...]  # (Delta, X) or (Delta, X, Y): G = Delta^T X, Y = X W^T
@@ -98,7 +100,7 @@ class LowRankGradients:
         entry.rows += rows
         inputs = x.detach().reshape(rows, -1)
         outputs, version = None, weight._version
-        if weight.shape[0] <= weight.shape[1]:  # the long side goes through X W^T
+        if weight.shape[0] <= weight.shape[1] and self._plain_output(module):  # X W^T is used
             outputs = output.detach().reshape(rows, -1)
             bias = module._parameters.get("bias")
             outputs = outputs - bias.detach() if isinstance(bias, Tensor) else outputs
@@ -116,6 +118,14 @@ class LowRankGradients:
                 entry.versions.add(version)
 
         output.register_hook(hook)
+
+    def _plain_output(self, module: nn.Module) -> bool:
+        """Whether the output this hook sees is ``F.linear(x, W, b)``: ``nn.Linear``'s own
+        forward (not a subclass's), and no forward hook that ran before this one and could have
+        replaced it."""
+        if type(module).forward is not nn.Linear.forward or _global_forward_hooks:
+            return False
+        return next(iter(module._forward_hooks.values()), None) == self._forward_hook
 
     def clear(self) -> None:
         """Forget every captured pair (after a step, or when gradients are zeroed)."""
